@@ -9,10 +9,10 @@ counterparty's engine expects to see in a session-level Reject.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     FRAMING = "framing"  # the receiver ignores it (FIX): dropped, recorded, recovered by resend
     SYNTAX = "syntax"  # well framed, but a field is malformed
     DICTIONARY = "dictionary"  # data-dictionary rule broken
@@ -40,7 +40,7 @@ SRR_INCORRECT_NUMINGROUP = 16
 SRR_OTHER = 99
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """A stable reason code. ``value`` is the string used everywhere outside the code."""
 
     # -- framing: the message cannot be delimited or its integrity checks fail ----------------------
