@@ -1,0 +1,670 @@
+"""The asyncio layer: sockets, TLS, timers. It moves bytes between the OMS and ATS legs and does
+what the sans-IO `SessionInspector` decides; it makes no FIX decision of its own.
+
+Data path, top to bottom: `OmsLeg.data_received` -> `SessionInspector.from_initiator` ->
+`Link.apply` -> `AtsLeg.transport.write` (and the mirror for the ATS side).
+
+asyncio Protocols (not streams) keep the per-read cost to one callback; TLS is started with
+`loop.start_tls` after the TCP accept so that a failed handshake can be classified and recorded
+(an ssl= server hides those failures in the loop's exception handler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import metrics as m
+from . import tls as tlsmod
+from .access import Authoriser, Peer, SourceGuard
+from .events import Direction, Outcome, SecurityEvent
+from .reasons import Reason, Refusal
+from .session import ReadResult, SessionInspector
+
+if TYPE_CHECKING:
+    from .config import ProxyConfig
+    from .policy import SessionPolicy
+    from .recorder import Recorder
+
+log = logging.getLogger("fixproxy")
+perf = time.perf_counter
+
+
+@dataclass
+class FailoverState:
+    active: int = 0  # index into the upstream endpoints
+    pending_since: float | None = None  # perf_counter() when the active upstream was lost
+    trigger: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Link:
+    """One OMS connection and its ATS leg."""
+
+    __slots__ = (
+        "ats",
+        "closing",
+        "inspector",
+        "last_read",
+        "logon_deadline",
+        "oms",
+        "opened",
+        "peer",
+        "pending",
+        "proxy",
+        "source",
+    )
+
+    def __init__(self, proxy: FixProxy, oms: OmsLeg, source: str) -> None:
+        self.proxy = proxy
+        self.oms = oms
+        self.ats: AtsLeg | None = None
+        self.source = source
+        self.peer: Peer | None = None
+        self.inspector: SessionInspector | None = None
+        self.pending: list[bytes] | None = None  # bytes for the ATS while its leg is being opened
+        self.closing = False
+        self.opened = perf()
+        self.last_read = self.opened
+        self.logon_deadline = self.opened + proxy.logon_timeout
+
+    # ---- the hot path ---------------------------------------------------------------------
+    def from_oms(self, data: bytes) -> None:
+        now = perf()
+        self.last_read = now
+        insp = self.inspector
+        if insp is None:
+            return  # TLS not finished: start_tls owns the bytes
+        self.apply(insp.from_initiator(data, now))
+
+    def from_ats(self, data: bytes) -> None:
+        insp = self.inspector
+        if insp is not None:
+            self.apply(insp.from_acceptor(data, perf()))
+
+    def apply(self, res: ReadResult) -> None:
+        if res.to_initiator:
+            self.oms.write(res.to_initiator)
+        if res.logon is not None:
+            self.pending = []
+            self.proxy.spawn(self.open_upstream())
+        if res.to_acceptor:
+            if self.pending is not None:
+                self.pending.extend(res.to_acceptor)
+            elif self.ats is not None:
+                self.ats.write(res.to_acceptor)
+                if self.proxy.failover.pending_since is not None:
+                    self.proxy.recovered()
+        if res.events:
+            self.proxy.record(res.events, self)
+        if res.close is not None:
+            self.close(res.close)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def open_upstream(self) -> None:
+        proxy = self.proxy
+        self.oms.pause()  # nothing more from the OMS until its ATS leg exists
+        try:
+            ats = await proxy.connect_upstream(self)
+        except Exception as exc:
+            self.close(Refusal(Reason.UPSTREAM_UNAVAILABLE, f"No ATS endpoint reachable: {exc}"))
+            return
+        if self.closing:
+            ats.transport.close()
+            return
+        self.ats = ats
+        pending, self.pending = self.pending or [], None
+        if pending:
+            ats.write(pending)
+        self.oms.resume()
+
+    def close(self, refusal: Refusal | None = None, *, event: bool = False) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if event and refusal is not None:
+            insp = self.inspector
+            ev = SecurityEvent(refusal.reason, Outcome.DISCONNECTED, refusal.text,
+                               session=insp.session_name if insp else None, source=self.source)
+            self.proxy.record([ev], self)
+        self.oms.transport.close()
+        if self.ats is not None:
+            self.ats.transport.close()
+        self.proxy.forget(self)
+
+
+class _Leg(asyncio.Protocol):
+    """Common to both legs: write batching and backpressure."""
+
+    transport: asyncio.Transport
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self.paused_peer = False
+
+    def write(self, chunks: list[bytes]) -> None:
+        self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def pause(self) -> None:
+        with contextlib.suppress(AttributeError, RuntimeError):
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        with contextlib.suppress(AttributeError, RuntimeError):
+            self.transport.resume_reading()
+
+    # Our write buffer toward this leg is full: stop reading from the other leg, so a reader
+    # that does not read cannot make the proxy's memory grow.
+    def pause_writing(self) -> None:
+        link = self.link
+        if link is None:
+            return
+        other = link.ats if self is link.oms else link.oms
+        if other is not None:
+            other.pause()
+            self.paused_peer = True
+
+    def resume_writing(self) -> None:
+        link = self.link
+        if link is None or not self.paused_peer:
+            return
+        other = link.ats if self is link.oms else link.oms
+        if other is not None:
+            other.resume()
+        self.paused_peer = False
+
+
+class OmsLeg(_Leg):
+    def __init__(self, proxy: FixProxy) -> None:
+        super().__init__()
+        self.proxy = proxy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        source = str(peer[0])
+        self.link = Link(self.proxy, self, source)
+        self.proxy.accepted(self.link, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.from_oms(data)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        link = self.link
+        if link is not None:
+            link.close()
+
+
+class AtsLeg(_Leg):
+    def __init__(self, link: Link) -> None:
+        super().__init__()
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.link.proxy.config.write_buffer_limit)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.link.from_ats(data)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        link = self.link
+        if link is not None and not link.closing:
+            link.proxy.upstream_lost(link)
+            link.close()
+
+
+class FixProxy:
+    """The running proxy: listener, upstream connections, reload, admin operations."""
+
+    def __init__(self, config: ProxyConfig, recorder: Recorder | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        from .recorder import Recorder
+
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.recorder = recorder or Recorder(registry=self.registry, jsonl=config.events_jsonl)
+        self.links: set[Link] = set()
+        self.by_source: dict[str, int] = defaultdict(int)
+        self.guard = SourceGuard(config.auth.bruteforce_threshold, config.auth.block_seconds)
+        self.authoriser = Authoriser(config.sessions, config.bindings, require_identity=not config.insecure)
+        self.failover = FailoverState()
+        self.server: asyncio.AbstractServer | None = None
+        self.logon_timeout = min((p.logon_timeout for p in config.sessions), default=10.0)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server_ctx: ssl.SSLContext | None = None
+        self._client_ctx: ssl.SSLContext | None = None
+        self._revoked: frozenset[int] = frozenset()
+        self._validators: dict[str, Any] = {}
+        self._build_contexts(config)
+        r = self.registry
+        self.m_connections = Counter(m.CONNECTIONS, "Connections by leg and outcome", ["leg", "outcome"], registry=r)
+        self.m_tls_refused = Counter(m.TLS_HANDSHAKES_REFUSED, "TLS handshakes refused", ["source", "reason"],
+                                     registry=r)
+        self.m_logons_refused = Counter(m.LOGONS_REFUSED, "Logons refused", ["source", "compid", "reason"],
+                                        registry=r)
+        self.m_sessions = Gauge(m.SESSIONS_ACTIVE, "Sessions logged on", ["session"], registry=r)
+        self.m_failovers = Counter(m.FAILOVERS, "Upstream failovers", ["outcome", "trigger"], registry=r)
+        self.m_mttr = Histogram(m.FAILOVER_RECOVERY, "Seconds from upstream loss to first message delivered",
+                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
+        self.m_reloads = Counter(m.CONFIG_RELOADS, "Configuration reloads", ["outcome"], registry=r)
+        self.m_admin = Counter(m.ADMIN_OPERATIONS, "Admin operations", ["operation", "outcome"], registry=r)
+        self.m_messages = Counter(m.MESSAGES, "Messages by session, direction and outcome",
+                                  ["session", "direction", "outcome"], registry=r)
+
+    # ---- start / stop ---------------------------------------------------------------------
+    def _build_contexts(self, config: ProxyConfig) -> None:
+        if not config.insecure:
+            t = config.tls
+            assert t is not None
+            self._server_ctx = tlsmod.server_context(t.cert, t.key, t.ca, crl=t.crl, min_version=t.min_version)
+            self._revoked = _revoked_serials(t.crl)
+        up = config.upstream
+        if not up.insecure:
+            t = up.tls
+            assert t is not None
+            self._client_ctx = tlsmod.client_context(t.cert, t.key, t.ca, min_version=t.min_version)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.insecure:
+            log.warning("OMS leg is plaintext (proxy.insecure = true): no certificates, no identity binding")
+        if self.config.upstream.insecure:
+            log.warning("ATS leg is plaintext (upstream.insecure = true)")
+        await self.recorder.start()
+        host, port = self.config.listen
+        self.server = await loop.create_server(lambda: OmsLeg(self), host, port, reuse_address=True, backlog=1024)
+        self.spawn(self._timers())
+        log.info("fixproxy listening on %s:%d", host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for link in list(self.links):
+            link.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+        await self.recorder.stop()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- accepting ------------------------------------------------------------------------
+    def accepted(self, link: Link, transport: asyncio.Transport) -> None:
+        source = link.source
+        if self.guard.is_blocked(source):
+            self._refuse_connection(link, Refusal(Reason.SOURCE_BLOCKED, f"Source {source} is blocked"))
+            return
+        if self.by_source[source] >= self.config.max_connections_per_source:
+            self._refuse_connection(link, Refusal(Reason.TOO_MANY_CONNECTIONS,
+                                                  f"Too many connections from {source}"))
+            return
+        self.links.add(link)
+        self.by_source[source] += 1
+        transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
+        if self._server_ctx is None:
+            link.peer = Peer(source=source, tls=False)
+            link.inspector = self._inspector(link)
+            self.m_connections.labels("oms", "accepted").inc()
+            return
+        transport.pause_reading()  # the ClientHello belongs to start_tls, not to the FIX decoder
+        self.spawn(self._handshake(link, transport))
+
+    async def _handshake(self, link: Link, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._server_ctx is not None
+        try:
+            tls_transport = await loop.start_tls(transport, link.oms, self._server_ctx, server_side=True,
+                                                 ssl_handshake_timeout=self.config.handshake_timeout)
+        except TimeoutError as exc:
+            self._refuse_connection(link, Refusal(Reason.HANDSHAKE_TIMEOUT, f"TLS handshake timed out: {exc}"))
+            return
+        except Exception as exc:
+            reason = tlsmod.classify_handshake_error(exc)
+            self._refuse_connection(link, Refusal(reason, f"TLS handshake refused: {_short(exc)}"))
+            return
+        if tls_transport is None or link.closing:
+            return
+        link.oms.transport = tls_transport  # type: ignore[assignment]
+        sslobj = tls_transport.get_extra_info("ssl_object")
+        ident = tlsmod.peer_identity(sslobj) if sslobj is not None else None
+        if ident is not None and ident.serial in self._revoked:
+            self._refuse_connection(link, Refusal(Reason.TLS_REVOKED, "Client certificate revoked"))
+            return
+        link.peer = Peer(source=link.source, tls=True, san_uris=ident.san_uris if ident else (),
+                         common_name=ident.common_name if ident else None,
+                         fingerprint=ident.fingerprint_sha256 if ident else "")
+        link.inspector = self._inspector(link)
+        self.m_connections.labels("oms", "accepted").inc()
+
+    def _inspector(self, link: Link) -> SessionInspector:
+        peer = link.peer
+        assert peer is not None
+
+        def authorise(msg: Any) -> Any:
+            return self.authoriser.authorise(msg, peer)
+
+        return SessionInspector(authorise, source=link.source, limits=self.config.limits,
+                                validator=self._validator)
+
+    def _validator(self, policy: SessionPolicy) -> Any:
+        from .policy import ValidationMode
+
+        if policy.validation is ValidationMode.OFF:
+            return None
+        from .dictionary import load_for_version
+
+        dd = load_for_version(policy.begin_string.encode())
+        mode = policy.validation.value
+
+        def validate(msg_type: bytes, fields: list[tuple[bytes, bytes]]) -> Refusal | None:
+            return dd.validate(msg_type, fields, mode=mode)
+
+        return validate
+
+    def _refuse_connection(self, link: Link, refusal: Refusal) -> None:
+        source = link.source
+        ev = SecurityEvent(refusal.reason, Outcome.CONNECTION_REFUSED, refusal.text, session=None,
+                           direction=Direction.INBOUND, source=source, received_at=link.opened)
+        events = [ev]
+        if refusal.reason.category.value == "auth" and refusal.reason is not Reason.SOURCE_BLOCKED:
+            self.m_tls_refused.labels(source, refusal.reason.value).inc()
+            if self.guard.failure(source):
+                events.append(SecurityEvent(Reason.SOURCE_BLOCKED, Outcome.INFO,
+                                            f"Source {source} blocked for {self.guard.block_seconds:.0f} s "
+                                            f"after repeated refusals", session=None, source=source,
+                                            kind="auth.bruteforce"))
+        self.m_connections.labels("oms", "refused").inc()
+        self.recorder.submit(events)
+        link.close()
+
+    def forget(self, link: Link) -> None:
+        if link in self.links:
+            self.links.discard(link)
+            self.by_source[link.source] -= 1
+            if self.by_source[link.source] <= 0:
+                del self.by_source[link.source]
+        insp = link.inspector
+        if insp is not None and insp.state is not None:
+            insp.state.connections = max(0, insp.state.connections - 1)
+            name = insp.state.policy.name
+            self.m_sessions.labels(name).set(sum(
+                1 for lk in self.links if lk.inspector and lk.inspector.session_name == name))
+            for d, st in insp.stats.items():
+                for outcome in ("received", "forwarded", "refused", "dropped", "shadowed"):
+                    val = getattr(st, outcome)
+                    if val:
+                        self.m_messages.labels(name, d.value, outcome).inc(val)
+            insp.state = None  # counted once
+
+    # ---- recording ------------------------------------------------------------------------
+    def record(self, events: list[SecurityEvent], link: Link | None = None) -> None:
+        for ev in events:
+            if ev.outcome is Outcome.CONNECTION_REFUSED:
+                src = ev.source or "?"
+                self.m_logons_refused.labels(src, (ev.session or "?").split("->")[0],
+                                             ev.reason.value if ev.reason else "").inc()
+                if ev.reason is not None and self.guard.failure(src):
+                    events = [*events, SecurityEvent(Reason.SOURCE_BLOCKED, Outcome.INFO,
+                                                     f"Source {src} blocked after repeated refusals",
+                                                     session=None, source=src, kind="auth.bruteforce")]
+            elif ev.kind == "session.logon" and link is not None and link.inspector is not None:
+                name = link.inspector.session_name or "?"
+                self.m_sessions.labels(name).inc()
+        self.recorder.submit(events)
+
+    # ---- upstream and failover --------------------------------------------------------------
+    async def connect_upstream(self, link: Link) -> AtsLeg:
+        loop = asyncio.get_running_loop()
+        up = self.config.upstream
+        n = len(up.endpoints)
+        last: Exception | None = None
+        for i in range(n):
+            idx = (self.failover.active + i) % n
+            host, port = up.endpoints[idx]
+            try:
+                _, proto = await asyncio.wait_for(loop.create_connection(
+                    lambda: AtsLeg(link), host, port, ssl=self._client_ctx,
+                    server_hostname=up.server_hostname if self._client_ctx else None,
+                    ssl_handshake_timeout=self.config.handshake_timeout if self._client_ctx else None),
+                    up.connect_timeout)
+            except Exception as exc:
+                last = exc
+                log.warning("upstream %s:%d unreachable: %s", host, port, _short(exc))
+                continue
+            if idx != self.failover.active:
+                self._switched(idx, "failure")
+            self.m_connections.labels("ats", "connected").inc()
+            return proto  # type: ignore[return-value]
+        self.m_failovers.labels("failed", self.failover.trigger or "failure").inc()
+        raise ConnectionError(_short(last) if last else "no endpoints")
+
+    def _switched(self, idx: int, trigger: str) -> None:
+        self.failover.active = idx
+        if self.failover.pending_since is None:
+            self.failover.pending_since = perf()
+        self.failover.trigger = self.failover.trigger or trigger
+        self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Upstream switched to endpoint {idx}",
+                                            session=None, kind="failover.switch")])
+
+    def upstream_lost(self, link: Link) -> None:
+        """The active ATS endpoint dropped a live session: the next connection uses the next
+        endpoint; the time until a message flows again is the recovery time (MTTR)."""
+        if self.failover.pending_since is None:
+            self.failover.pending_since = perf()
+            self.failover.trigger = self.failover.trigger or "failure"
+            n = len(self.config.upstream.endpoints)
+            if n > 1:
+                self.failover.active = (self.failover.active + 1) % n
+
+    def recovered(self) -> None:
+        fo = self.failover
+        if fo.pending_since is None:
+            return
+        seconds = perf() - fo.pending_since
+        self.m_mttr.observe(seconds)
+        self.m_failovers.labels("ok", fo.trigger or "failure").inc()
+        fo.history.append({"trigger": fo.trigger, "seconds": seconds, "endpoint": fo.active})
+        self.recorder.submit([SecurityEvent(None, Outcome.INFO,
+                                            f"Recovered on endpoint {fo.active} in {seconds * 1000:.1f} ms",
+                                            session=None, kind="failover.recovered")])
+        fo.pending_since = None
+        fo.trigger = ""
+
+    # ---- timers: logon deadline, idle sessions ----------------------------------------------
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = perf()
+            for link in list(self.links):
+                insp = link.inspector
+                if insp is None or insp.state is None:
+                    if now > link.logon_deadline and (insp is None or insp.state is None):
+                        reason = Reason.HANDSHAKE_TIMEOUT if insp is None else Reason.LOGON_TIMEOUT
+                        link.close(Refusal(reason, "No Logon before the deadline"), event=True)
+                    continue
+                hb = insp.heartbeat_interval
+                if hb:
+                    limit = hb * insp.state.policy.idle_factor + 1.0
+                    if now - link.last_read > limit:
+                        link.close(Refusal(Reason.IDLE_TIMEOUT, f"Nothing received for {limit:.0f} s"),
+                                   event=True)
+
+    # ---- admin operations (fixproxy.admin.AdminTarget) ------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        from .config import load_config
+
+        try:
+            config = load_config(self.config.source_path)
+            self._build_contexts(config)
+        except Exception as exc:
+            self.m_reloads.labels("refused").inc()
+            self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Reload refused: {exc}", session=None,
+                                                kind="config.reload_failed")])
+            raise
+        self.config = config
+        self.authoriser.update(config.sessions, config.bindings)
+        closed = []
+        for link in list(self.links):
+            insp, peer = link.inspector, link.peer
+            if insp is None or insp.state is None or peer is None:
+                continue
+            ident_serial = _peer_serial(link)
+            policy = self.authoriser.policies.get(insp.state.policy.key)
+            binding = self.authoriser.bindings.get(insp.state.policy.name)
+            if ident_serial is not None and ident_serial in self._revoked:
+                refusal = Refusal(Reason.TLS_REVOKED, "Client certificate revoked by reload")
+            elif policy is None:
+                refusal = Refusal(Reason.UNKNOWN_SESSION, "Session removed by reload")
+            elif peer.tls and (binding is None or not binding.matches(peer.san_uris, peer.common_name,
+                                                                       peer.fingerprint)):
+                refusal = Refusal(Reason.COMPID_NOT_BOUND, "Certificate no longer bound after reload")
+            else:
+                continue
+            closed.append(insp.session_name)
+            link.close(refusal, event=True)
+        self.m_reloads.labels("ok").inc()
+        self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Configuration reloaded; closed {closed}",
+                                            session=None, kind="config.reload")])
+        return {"sessions": len(config.sessions), "closed": closed}
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "instance": self.config.instance,
+            "listen": f"{self.config.listen[0]}:{self.port}",
+            "links": [{"source": lk.source, "session": lk.inspector.session_name if lk.inspector else None,
+                       "stats": {d.value: s.as_dict() for d, s in lk.inspector.stats.items()}
+                       if lk.inspector else None} for lk in self.links],
+            "blocked": self.guard.blocked(),
+            "upstream_active": self.failover.active,
+            "failovers": self.failover.history[-20:],
+        }
+
+    async def kill_session(self, name: str) -> dict[str, Any]:
+        killed = 0
+        for link in list(self.links):
+            if link.inspector is not None and link.inspector.session_name == name:
+                link.close(Refusal(Reason.UNKNOWN_SESSION, "Session killed by an operator"), event=True)
+                killed += 1
+        return {"killed": killed}
+
+    async def block_source(self, address: str, seconds: float | None = None) -> dict[str, Any]:
+        self.guard.block(address, seconds)
+        closed = 0
+        for link in list(self.links):
+            if link.source == address:
+                link.close(Refusal(Reason.SOURCE_BLOCKED, "Source blocked by an operator"), event=True)
+                closed += 1
+        return {"blocked": address, "closed": closed}
+
+    async def unblock_source(self, address: str) -> dict[str, Any]:
+        return {"unblocked": self.guard.unblock(address)}
+
+    async def failover_drill(self) -> dict[str, Any]:
+        n = len(self.config.upstream.endpoints)
+        fo = self.failover
+        fo.pending_since = perf()
+        fo.trigger = "drill"
+        fo.active = (fo.active + 1) % n
+        closed = 0
+        for link in list(self.links):
+            if link.ats is not None:
+                link.close(Refusal(Reason.UPSTREAM_UNAVAILABLE, "Failover drill"), event=False)
+                closed += 1
+        self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Failover drill: now endpoint {fo.active}",
+                                            session=None, kind="failover.drill")])
+        return {"active": fo.active, "closed": closed}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _revoked_serials(crl_path: Any) -> frozenset[int]:
+    if not crl_path:
+        return frozenset()
+    from cryptography import x509
+
+    with open(crl_path, "rb") as f:
+        crl = x509.load_pem_x509_crl(f.read())
+    return frozenset(r.serial_number for r in crl)
+
+
+def _peer_serial(link: Link) -> int | None:
+    transport = link.oms.transport
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if sslobj is None:
+        return None
+    ident = tlsmod.peer_identity(sslobj)
+    return ident.serial if ident else None
+
+
+async def serve(config: ProxyConfig) -> None:
+    """Run until cancelled (SIGINT/SIGTERM)."""
+    import signal
+
+    from .recorder import Recorder
+
+    registry = CollectorRegistry()
+    proxy = FixProxy(config, Recorder(registry=registry, jsonl=config.events_jsonl), registry)
+    await proxy.start()
+    admin_server = None
+    if config.admin is not None:
+        from .admin import start_admin_server
+
+        def audit(operation: str, operator: dict[str, Any], outcome: str, detail: str) -> None:
+            proxy.m_admin.labels(operation, outcome).inc()
+            proxy.recorder.submit([SecurityEvent(None, Outcome.INFO, f"{operation} by {operator}: {outcome} {detail}",
+                                                 session=None, kind=f"admin.{outcome}")])
+
+        admin_server = await start_admin_server(config.admin.socket, proxy, config.admin.allowed_uids, audit)
+    if config.metrics_listen is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_listen[1], addr=config.metrics_listen[0], registry=registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if admin_server is not None:
+            admin_server.close()
+        await proxy.stop()
+
+
+def run(config: ProxyConfig) -> None:
+    """Entry point for `fixproxy run`: uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

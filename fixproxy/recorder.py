@@ -1,0 +1,118 @@
+"""Records security decisions off the FIX path: a bounded queue drained by a background task into
+the event sinks (JSON lines now; MQTT and the audit trail plug in here) and Prometheus counters.
+
+The hot path only appends to a deque. If the queue is full the event is still counted
+(`fixproxy_events_overflow_total`) and the overflow itself is reported once the queue drains:
+nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from . import metrics as m
+from .events import SecurityEvent
+
+log = logging.getLogger("fixproxy.recorder")
+
+Sink = Callable[[list[SecurityEvent]], None]
+
+
+class Recorder:
+    def __init__(self, *, registry: CollectorRegistry, jsonl: Path | None = None, max_queue: int = 100_000,
+                 flush_interval: float = 0.05) -> None:
+        self.registry = registry
+        self.jsonl = jsonl
+        self.max_queue = max_queue
+        self.flush_interval = flush_interval
+        self._queue: deque[SecurityEvent] = deque()
+        self._overflow = 0
+        self._sinks: list[Sink] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None  # created in start(), on the running loop
+        self._file = None
+        self.recent: deque[SecurityEvent] = deque(maxlen=1000)  # for status and tests
+        self.events_total = Counter(m.SECURITY_EVENTS, "Security decisions by kind, reason and outcome",
+                                    ["kind", "reason", "outcome", "session", "direction"], registry=registry)
+        self.overflow_total = Counter(m.EVENTS_OVERFLOW, "Events that did not fit the recorder queue",
+                                      registry=registry)
+        self.time_to_detect = Histogram(m.TIME_TO_DETECT, "Seconds from the offending bytes to the event recorded",
+                                        buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+                                        registry=registry)
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def submit(self, events: list[SecurityEvent]) -> None:
+        """Called on the FIX path: O(1) per event, never blocks, never raises."""
+        q = self._queue
+        room = self.max_queue - len(q)
+        if room >= len(events):
+            q.extend(events)
+        else:
+            q.extend(events[:max(room, 0)])
+            self._overflow += len(events) - max(room, 0)
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        if self.jsonl is not None:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.jsonl, "a", encoding="utf-8")  # noqa: SIM115 - held open for the process
+        self._task = asyncio.create_task(self._run(), name="fixproxy-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.flush()
+            await asyncio.sleep(self.flush_interval)  # batch: at most one flush per interval
+
+    def flush(self) -> None:
+        if not self._queue and not self._overflow:
+            return
+        batch = list(self._queue)
+        self._queue.clear()
+        if self._overflow:
+            self.overflow_total.inc(self._overflow)
+            log.warning("recorder queue overflowed: %d events counted but not queued", self._overflow)
+            self._overflow = 0
+        loop_time = time.perf_counter()
+        for ev in batch:
+            self.events_total.labels(ev.kind, ev.reason.value if ev.reason else "", ev.outcome.value,
+                                     ev.session or "", ev.direction.value if ev.direction else "").inc()
+            if ev.received_at is not None:
+                self.time_to_detect.observe(max(0.0, loop_time - ev.received_at))
+            self.recent.append(ev)
+        if self._file is not None:
+            self._file.write("".join(ev.to_json() + "\n" for ev in batch))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        for sink in self._sinks:
+            try:
+                sink(batch)
+            except Exception:  # a sink failure must not stop the others or the proxy
+                log.exception("event sink failed")
+
