@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections import defaultdict
@@ -63,9 +64,9 @@ class Link:
         "source",
     )
 
-    def __init__(self, proxy: FixProxy, oms: OmsLeg, source: str) -> None:
+    def __init__(self, proxy: FixProxy, source: str) -> None:
         self.proxy = proxy
-        self.oms = oms
+        self.oms: OmsLeg = None  # type: ignore[assignment]  # set by OmsLeg()
         self.ats: AtsLeg | None = None
         self.source = source
         self.peer: Peer | None = None
@@ -135,7 +136,8 @@ class Link:
             ev = SecurityEvent(refusal.reason, Outcome.DISCONNECTED, refusal.text,
                                session=insp.session_name if insp else None, source=self.source)
             self.proxy.record([ev], self)
-        self.oms.transport.close()
+        if self.oms is not None and hasattr(self.oms, "transport"):
+            self.oms.transport.close()
         if self.ats is not None:
             self.ats.transport.close()
         self.proxy.forget(self)
@@ -183,17 +185,17 @@ class _Leg(asyncio.Protocol):
 
 
 class OmsLeg(_Leg):
-    def __init__(self, proxy: FixProxy) -> None:
+    def __init__(self, link: Link) -> None:
         super().__init__()
-        self.proxy = proxy
+        self.link = link
+        link.oms = self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        source = str(peer[0])
-        self.link = Link(self.proxy, self, source)
-        self.proxy.accepted(self.link, transport)
+        link = self.link
+        assert link is not None
+        transport.set_write_buffer_limits(high=link.proxy.config.write_buffer_limit)
 
     def data_received(self, data: bytes) -> None:
         self.link.from_oms(data)  # type: ignore[union-attr]
@@ -239,7 +241,7 @@ class FixProxy:
         self.guard = SourceGuard(config.auth.bruteforce_threshold, config.auth.block_seconds)
         self.authoriser = Authoriser(config.sessions, config.bindings, require_identity=not config.insecure)
         self.failover = FailoverState()
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: socket.socket | None = None
         self.logon_timeout = min((p.logon_timeout for p in config.sessions), default=10.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server_ctx: ssl.SSLContext | None = None
@@ -283,18 +285,32 @@ class FixProxy:
             log.warning("ATS leg is plaintext (upstream.insecure = true)")
         await self.recorder.start()
         host, port = self.config.listen
-        self.server = await loop.create_server(lambda: OmsLeg(self), host, port, reuse_address=True, backlog=1024)
+        self.listener = _listen(host, port)
+        self.spawn(self._accept_loop(loop))
         self.spawn(self._timers())
         log.info("fixproxy listening on %s:%d", host, self.port)
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        assert self.listener is not None
+        return int(self.listener.getsockname()[1])
+
+    async def _accept_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        # sock_accept + connect_accepted_socket(ssl=...) rather than create_server(ssl=...): the
+        # handshake then fails here, where it can be classified and recorded, on uvloop as well.
+        assert self.listener is not None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.listener)
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.spawn(self._accept(loop, conn, str(addr[0])))
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listener is not None:
+            self.listener.close()
         for link in list(self.links):
             link.close()
         for t in list(self._tasks):
@@ -302,9 +318,6 @@ class FixProxy:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
         await self.recorder.stop()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -314,50 +327,46 @@ class FixProxy:
         return task
 
     # ---- accepting ------------------------------------------------------------------------
-    def accepted(self, link: Link, transport: asyncio.Transport) -> None:
-        source = link.source
+    async def _accept(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, source: str) -> None:
+        link = Link(self, source)
         if self.guard.is_blocked(source):
+            conn.close()
             self._refuse_connection(link, Refusal(Reason.SOURCE_BLOCKED, f"Source {source} is blocked"))
             return
         if self.by_source[source] >= self.config.max_connections_per_source:
-            self._refuse_connection(link, Refusal(Reason.TOO_MANY_CONNECTIONS,
-                                                  f"Too many connections from {source}"))
+            conn.close()
+            self._refuse_connection(link, Refusal(Reason.TOO_MANY_CONNECTIONS, f"Too many connections from {source}"))
             return
         self.links.add(link)
         self.by_source[source] += 1
-        transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
-        if self._server_ctx is None:
-            link.peer = Peer(source=source, tls=False)
-            link.inspector = self._inspector(link)
-            self.m_connections.labels("oms", "accepted").inc()
-            return
-        transport.pause_reading()  # the ClientHello belongs to start_tls, not to the FIX decoder
-        self.spawn(self._handshake(link, transport))
-
-    async def _handshake(self, link: Link, transport: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._server_ctx is not None
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            tls_transport = await loop.start_tls(transport, link.oms, self._server_ctx, server_side=True,
-                                                 ssl_handshake_timeout=self.config.handshake_timeout)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: OmsLeg(link), conn, ssl=self._server_ctx,
+                ssl_handshake_timeout=self.config.handshake_timeout if self._server_ctx else None)
         except TimeoutError as exc:
-            self._refuse_connection(link, Refusal(Reason.HANDSHAKE_TIMEOUT, f"TLS handshake timed out: {exc}"))
+            conn.close()
+            self._refuse_connection(link, Refusal(Reason.HANDSHAKE_TIMEOUT, f"TLS handshake timed out {exc}"))
             return
         except Exception as exc:
+            conn.close()
             reason = tlsmod.classify_handshake_error(exc)
             self._refuse_connection(link, Refusal(reason, f"TLS handshake refused: {_short(exc)}"))
             return
-        if tls_transport is None or link.closing:
+        if link.closing:
+            transport.close()
             return
-        link.oms.transport = tls_transport  # type: ignore[assignment]
-        sslobj = tls_transport.get_extra_info("ssl_object")
-        ident = tlsmod.peer_identity(sslobj) if sslobj is not None else None
-        if ident is not None and ident.serial in self._revoked:
-            self._refuse_connection(link, Refusal(Reason.TLS_REVOKED, "Client certificate revoked"))
-            return
-        link.peer = Peer(source=link.source, tls=True, san_uris=ident.san_uris if ident else (),
-                         common_name=ident.common_name if ident else None,
-                         fingerprint=ident.fingerprint_sha256 if ident else "")
+        if self._server_ctx is None:
+            link.peer = Peer(source=source, tls=False)
+        else:
+            sslobj = transport.get_extra_info("ssl_object")
+            ident = tlsmod.peer_identity(sslobj) if sslobj is not None else None
+            if ident is not None and ident.serial in self._revoked:
+                self._refuse_connection(link, Refusal(Reason.TLS_REVOKED, "Client certificate revoked"))
+                return
+            link.peer = Peer(source=source, tls=True, san_uris=ident.san_uris if ident else (),
+                             common_name=ident.common_name if ident else None,
+                             fingerprint=ident.fingerprint_sha256 if ident else "")
         link.inspector = self._inspector(link)
         self.m_connections.labels("oms", "accepted").inc()
 
@@ -598,6 +607,16 @@ class FixProxy:
         self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Failover drill: now endpoint {fo.active}",
                                             session=None, kind="failover.drill")])
         return {"active": fo.active, "closed": closed}
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _short(exc: BaseException) -> str:
