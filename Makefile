@@ -23,6 +23,10 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
 
+# End to end on the embedded default: dev CA, real QuickFIX ATS + OMS, fixproxy with mutual TLS.
+demo: $(STAMP)
+	$(PY) -m fixproxy.demo --workdir demo-run
+
 bench-codec: $(STAMP)
 	$(PY) bench/bench_codec.py
 

@@ -31,14 +31,53 @@ _SOH_INT = 1
 DATA_LENGTH_TAGS: dict[bytes, bytes] = {
     str(length).encode(): str(data).encode()
     for length, data in (
-        (90, 91), (93, 89), (95, 96), (212, 213), (348, 349), (350, 351), (352, 353), (354, 355),
-        (356, 357), (358, 359), (360, 361), (362, 363), (364, 365), (445, 446), (618, 619),
-        (621, 622), (1184, 1185), (1277, 1278), (1280, 1281), (1282, 1283), (1397, 1398),
-        (1401, 1402), (1403, 1404), (1468, 1469), (1578, 1579), (1620, 1621), (1664, 1665),
-        (1696, 1697), (1733, 1734), (1871, 1872), (1874, 1875), (2072, 2073), (2074, 2075),
-        (2111, 2112), (2179, 2180), (2287, 2288), (2351, 2352), (2481, 2482), (2637, 2638),
-        (2651, 2652), (2665, 2666), (2715, 2716), (2718, 2719), (2721, 2722), (2797, 2798),
-        (2800, 2801), (2813, 2814),
+        (90, 91),
+        (93, 89),
+        (95, 96),
+        (212, 213),
+        (348, 349),
+        (350, 351),
+        (352, 353),
+        (354, 355),
+        (356, 357),
+        (358, 359),
+        (360, 361),
+        (362, 363),
+        (364, 365),
+        (445, 446),
+        (618, 619),
+        (621, 622),
+        (1184, 1185),
+        (1277, 1278),
+        (1280, 1281),
+        (1282, 1283),
+        (1397, 1398),
+        (1401, 1402),
+        (1403, 1404),
+        (1468, 1469),
+        (1578, 1579),
+        (1620, 1621),
+        (1664, 1665),
+        (1696, 1697),
+        (1733, 1734),
+        (1871, 1872),
+        (1874, 1875),
+        (2072, 2073),
+        (2074, 2075),
+        (2111, 2112),
+        (2179, 2180),
+        (2287, 2288),
+        (2351, 2352),
+        (2481, 2482),
+        (2637, 2638),
+        (2651, 2652),
+        (2665, 2666),
+        (2715, 2716),
+        (2718, 2719),
+        (2721, 2722),
+        (2797, 2798),
+        (2800, 2801),
+        (2813, 2814),
     )
 }
 
@@ -46,14 +85,22 @@ DATA_LENGTH_TAGS: dict[bytes, bytes] = {
 # with dictionary validation off, because two parsers disagreeing on which 49= or 34= counts is
 # exactly how a spoofed message slips past one of them.
 _SINGLE_HEADER_TAGS = frozenset(
-    t.encode() for t in ("35", "49", "56", "34", "43", "52", "97", "122", "50", "57", "115", "128",
-                         "1128", "1129", "369")
+    t.encode()
+    for t in ("35", "49", "56", "34", "43", "52", "97", "122", "50", "57", "115", "128", "1128", "1129", "369")
 )
+
+# BeginString, BodyLength and CheckSum: already in the envelope, so one in the body is a second
+# occurrence. An engine that stops at the first "10=" would see a different message.
+_ENVELOPE_TAGS = frozenset((b"8", b"9", b"10"))
+_SINGLE_TAGS = _SINGLE_HEADER_TAGS | _ENVELOPE_TAGS
 
 KNOWN_BEGIN_STRINGS = (b"FIX.4.0", b"FIX.4.1", b"FIX.4.2", b"FIX.4.3", b"FIX.4.4", b"FIXT.1.1")
 
 _DATA_LENGTH_SET = frozenset(DATA_LENGTH_TAGS)
 _SOH_TO_EQ = bytes.maketrans(SOH, b"=")
+# Every byte but '=' and SOH: deleting them leaves the separators, which must alternate "=<SOH>"
+# for the fast split to pair each tag with its own value.
+_NOT_SEPARATOR = bytes(b for b in range(256) if b not in (0x3D, _SOH_INT))
 # Every tag of a message, joined with '=', checked in one regex pass: 1 to 5 digits, no leading
 # zero. When it fails, the careful path finds out exactly which tag is wrong and why.
 _TAG_LIST = re.compile(rb"[1-9][0-9]{0,4}(?:=[1-9][0-9]{0,4})*")
@@ -97,7 +144,7 @@ def checksum(data: bytes | memoryview, start: int = 0, end: int | None = None) -
     total = 0
     mv = memoryview(data)
     while end - start > 256:
-        total += (a32(mv[start:start + 256]) & 0xFFFF) - 1
+        total += (a32(mv[start : start + 256]) & 0xFFFF) - 1
         start += 256
     return (total + (a32(mv[start:end]) & 0xFFFF) - 1) & 0xFF
 
@@ -123,11 +170,19 @@ class Message:
     Fields are split lazily, once, on the first call that needs them (`check_syntax` does it).
     """
 
-    __slots__ = ("_fields", "_index", "_tags", "_values", "begin_string", "body_start", "msg_type", "raw",
-                 "trailer_start")
+    __slots__ = (
+        "_fields",
+        "_index",
+        "_tags",
+        "_values",
+        "begin_string",
+        "body_start",
+        "msg_type",
+        "raw",
+        "trailer_start",
+    )
 
-    def __init__(self, raw: bytes, begin_string: bytes, msg_type: bytes, body_start: int,
-                 trailer_start: int) -> None:
+    def __init__(self, raw: bytes, begin_string: bytes, msg_type: bytes, body_start: int, trailer_start: int) -> None:
         self.raw = raw
         self.begin_string = begin_string
         self.msg_type = msg_type
@@ -147,7 +202,7 @@ class Message:
     @property
     def body(self) -> bytes:
         """The fields from 35= up to and including the SOH before 10=."""
-        return self.raw[self.body_start:self.trailer_start]
+        return self.raw[self.body_start : self.trailer_start]
 
     @property
     def tags(self) -> list[bytes]:
@@ -171,18 +226,21 @@ class Message:
         return f
 
     def _split(self) -> None:
-        body = self.raw[self.body_start:self.trailer_start]
+        body = self.raw[self.body_start : self.trailer_start]
         if self._split_fast(body, body.count(SOH)) is None:
             fields = _split_careful(body)
             self._tags = [t for t, _ in fields]
             self._values = [v for _, v in fields]
 
     def _split_fast(self, body: bytes, nfields: int) -> list[bytes] | None:
-        """Split with two C calls when no value contains '=' or SOH. Returns the tags, or None
+        """Split with a few C calls when no value contains '=' or SOH. Returns the tags, or None
         when the body needs the careful path."""
+        if body.translate(None, _NOT_SEPARATOR) != b"=\x01" * nfields:
+            # A value holds '=' (legal) or a field lacks one: take the careful path. Counting the
+            # '=' is not enough: "58=a=100<SOH>200<SOH>" has as many as fields, and split as
+            # 58=a, 100=200 where every other parser sees 58="a=100" and a field without '='.
+            return None
         parts = body.translate(_SOH_TO_EQ).split(b"=")
-        if len(parts) != 2 * nfields + 1:
-            return None  # a value holds '=' (legal) or a field lacks one: take the careful path
         tags = parts[0:-1:2]
         if not _DATA_LENGTH_SET.isdisjoint(tags):
             return None  # a data field may hold SOH: only the careful path can split it
@@ -202,17 +260,21 @@ class Message:
         """Tag and value syntax, field count, data fields, single header fields.
 
         Returns the first problem or None; on success the fields are split and ready."""
-        body = self.raw[self.body_start:self.trailer_start]
+        body = self.raw[self.body_start : self.trailer_start]
         nfields = body.count(SOH)
         if nfields > limits.max_fields:
             return Refusal(Reason.TOO_MANY_FIELDS, f"Too many fields: {nfields} > {limits.max_fields}")
         tags = self._split_fast(body, nfields)
         # All tags valid (digits, no leading zero, <= 5 digits) in one regex pass over "t=t=t";
         # no empty value; no repeated tag at all (the common case) or no repeated header tag.
-        if tags is not None and limits.max_tag_digits == 5 \
-                and _TAG_LIST.fullmatch(b"=".join(tags)) is not None \
-                and b"" not in self._values:  # type: ignore[operator]
-            if len(set(tags)) == nfields:
+        if (
+            tags is not None
+            and limits.max_tag_digits == 5
+            and _TAG_LIST.fullmatch(b"=".join(tags)) is not None
+            and b"" not in self._values
+        ):  # type: ignore[operator]
+            tagset = set(tags)
+            if len(tagset) == nfields and tagset.isdisjoint(_ENVELOPE_TAGS):
                 return None
             return _check_single_header(tags)
         self._tags = self._values = None
@@ -229,9 +291,11 @@ class Message:
             soh = body.find(SOH, pos)
             if eq < 0 or (0 <= soh < eq):
                 # "<SOH>abc<SOH>" or "<SOH>abc" with no '=': a SOH landed inside the previous value.
-                return Refusal(Reason.SOH_IN_VALUE,
-                               "SOH inside a value that is not a data field",
-                               int(fields[-1][0]) if fields else None)
+                return Refusal(
+                    Reason.SOH_IN_VALUE,
+                    "SOH inside a value that is not a data field",
+                    int(fields[-1][0]) if fields else None,
+                )
             tag = body[pos:eq]
             if not _TAG.fullmatch(tag) or len(tag) > limits.max_tag_digits:
                 shown = tag[:12].decode("latin-1")
@@ -239,13 +303,16 @@ class Message:
             start = eq + 1
             if data_len is not None:
                 if tag != data_tag:
-                    return Refusal(Reason.BAD_DATA_LENGTH,
-                                   f"Data field {data_tag.decode()} must follow its length field",
-                                   int(data_tag))
+                    return Refusal(
+                        Reason.BAD_DATA_LENGTH,
+                        f"Data field {data_tag.decode()} must follow its length field",
+                        int(data_tag),
+                    )
                 end = start + data_len
-                if end >= n + 1 or body[end:end + 1] != SOH:
-                    return Refusal(Reason.BAD_DATA_LENGTH,
-                                   f"Data field {tag.decode()} is not {data_len} bytes long", int(tag))
+                if end >= n + 1 or body[end : end + 1] != SOH:
+                    return Refusal(
+                        Reason.BAD_DATA_LENGTH, f"Data field {tag.decode()} is not {data_len} bytes long", int(tag)
+                    )
                 data_len = None
             else:
                 end = body.find(SOH, start)
@@ -253,20 +320,19 @@ class Message:
                     return Refusal(Reason.GARBLED, "Field not terminated by SOH", int(tag))
             value = body[start:end]
             if not value:
-                return Refusal(Reason.EMPTY_VALUE, f"Tag specified without a value: {tag.decode()}",
-                               int(tag))
+                return Refusal(Reason.EMPTY_VALUE, f"Tag specified without a value: {tag.decode()}", int(tag))
             dt = DATA_LENGTH_TAGS.get(tag)
             if dt is not None:
                 if not value.isdigit() or len(value) > 9:
-                    return Refusal(Reason.BAD_DATA_LENGTH, f"Bad data length in tag {tag.decode()}",
-                                   int(tag))
+                    return Refusal(Reason.BAD_DATA_LENGTH, f"Bad data length in tag {tag.decode()}", int(tag))
                 data_len = int(value)
                 data_tag = dt
             fields.append((tag, value))
             pos = end + 1
         if data_len is not None:
-            return Refusal(Reason.BAD_DATA_LENGTH,
-                           f"Length field for {data_tag.decode()} without its data field", int(data_tag))
+            return Refusal(
+                Reason.BAD_DATA_LENGTH, f"Length field for {data_tag.decode()} without its data field", int(data_tag)
+            )
         tags = self._tags = [t for t, _ in fields]
         self._values = [v for _, v in fields]
         self._fields = fields
@@ -274,13 +340,12 @@ class Message:
 
 
 def _check_single_header(tags: list[bytes]) -> Refusal | None:
-    seen: set[bytes] = set()
-    single = _SINGLE_HEADER_TAGS
+    seen: set[bytes] = set(_ENVELOPE_TAGS)  # 8, 9 and 10 were seen in the envelope
+    single = _SINGLE_TAGS
     for tag in tags:
         if tag in single:
             if tag in seen:
-                return Refusal(Reason.DUPLICATE_TAG, f"Tag appears more than once: {tag.decode()}",
-                               int(tag))
+                return Refusal(Reason.DUPLICATE_TAG, f"Tag appears more than once: {tag.decode()}", int(tag))
             seen.add(tag)
     return None
 
@@ -293,11 +358,13 @@ def _split_careful(body: bytes) -> list[tuple[bytes, bytes]]:
     data_len = -1
     while pos < n:
         eq = body.find(b"=", pos)
+        if eq < 0:  # unchecked input must not hang here: a '='-less tail sent `pos` backwards
+            break
         tag = body[pos:eq]
         start = eq + 1
         end = start + data_len if data_len >= 0 else body.find(SOH, start)
         value = body[start:end]
-        data_len = int(value) if tag in DATA_LENGTH_TAGS else -1
+        data_len = int(value) if tag in DATA_LENGTH_TAGS and value.isdigit() else -1
         out.append((tag, value))
         pos = end + 1
     return out
@@ -311,15 +378,18 @@ class Decoder:
 
     __slots__ = ("_begin", "_begin_strings", "_buf", "_max_digits", "_max_size", "_prefix", "limits")
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS,
-                 begin_strings: Iterable[bytes] = KNOWN_BEGIN_STRINGS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, begin_strings: Iterable[bytes] = KNOWN_BEGIN_STRINGS) -> None:
         self.limits = limits
         self._max_size = limits.max_message_size
         self._max_digits = limits.max_body_length_digits
         self._begin_strings = frozenset(begin_strings)
+        if not self._begin_strings:
+            raise ValueError("begin_strings must not be empty")
         self._buf = b""
-        self._begin = b""
-        self._prefix = b"\x00"  # matches nothing until the first header is seen
+        # The fast path trusts any bytes equal to the prefix as a checked header, so it must
+        # always be a real one (a NUL "matches nothing" prefix accepted "\x00" as 8=...9=).
+        self._begin = min(self._begin_strings)
+        self._prefix = b"8=" + self._begin + b"\x019="
 
     @property
     def buffered(self) -> int:
@@ -356,50 +426,67 @@ class Decoder:
             if soh2 < 0:
                 if n - p9 < 3 + self._max_digits:
                     break
-                pos = self._resync(buf, pos, p9, out, Reason.BAD_BODY_LENGTH,
-                                   f"BodyLength longer than {self._max_digits} digits")
+                pos = self._resync(
+                    buf, pos, p9, out, Reason.BAD_BODY_LENGTH, f"BodyLength longer than {self._max_digits} digits"
+                )
                 continue
-            length_digits = buf[p9 + 2:soh2]
+            length_digits = buf[p9 + 2 : soh2]
             if not length_digits.isdigit():
-                pos = self._resync(buf, pos, p9, out, Reason.BAD_BODY_LENGTH,
-                                   f"BodyLength is not a number: {length_digits[:16].decode('latin-1')!r}")
+                pos = self._resync(
+                    buf,
+                    pos,
+                    p9,
+                    out,
+                    Reason.BAD_BODY_LENGTH,
+                    f"BodyLength is not a number: {length_digits[:16].decode('latin-1')!r}",
+                )
                 continue
             body_start = soh2 + 1
             body_end = body_start + int(length_digits)
             end = body_end + 7  # 10=NNN<SOH>
             if end - pos > max_size:
-                pos = self._resync(buf, pos, p9, out, Reason.OVERSIZE,
-                                   f"Message of {end - pos} bytes exceeds the {max_size}-byte limit")
+                pos = self._resync(
+                    buf,
+                    pos,
+                    p9,
+                    out,
+                    Reason.OVERSIZE,
+                    f"Message of {end - pos} bytes exceeds the {max_size}-byte limit",
+                )
                 continue
             # ---- 35=MsgType<SOH> must open the body -------------------------------------------
             if not buf.startswith(b"35=", body_start):
                 if n - body_start < 3 and buf[body_start:] == b"35="[: n - body_start]:
                     break
-                pos = self._resync(buf, pos, body_start, out, Reason.GARBLED,
-                                   "MsgType (35) must be the third field")
+                pos = self._resync(buf, pos, body_start, out, Reason.GARBLED, "MsgType (35) must be the third field")
                 continue
             if end > n:
                 break  # wait for the rest; bounded by max_size above
             # ---- <SOH>10=NNN<SOH> exactly where BodyLength says ---------------------------------
-            if not buf.startswith(b"\x0110=", body_end - 1) or buf[end - 1] != _SOH_INT:
-                pos = self._resync(buf, pos, body_start, out, Reason.BAD_BODY_LENGTH,
-                                   "CheckSum (10) not found where BodyLength points")
+            if not buf.startswith(b"\x0110=", body_end - 1):
+                pos = self._resync(
+                    buf, pos, body_start, out, Reason.BAD_BODY_LENGTH, "CheckSum (10) not found where BodyLength points"
+                )
+                continue
+            if buf[end - 1] != _SOH_INT:  # 10= is where it should be, but not 3 digits long
+                got = buf[body_end + 3 : end].decode("latin-1")
+                pos = self._resync(
+                    buf, pos, body_start, out, Reason.BAD_CHECKSUM, f"CheckSum {got!r}... is not three digits"
+                )
                 continue
             if body_end - pos <= 256:
                 expected = ((a32(mv[pos:body_end]) & 0xFFFF) - 1) & 0xFF  # see checksum()
             else:
                 expected = checksum(mv, pos, body_end)
             if not buf.startswith(cs_digits[expected], body_end + 3):
-                got = buf[body_end + 3:end - 1].decode("latin-1")
-                pos = self._resync(buf, pos, end, out, Reason.BAD_CHECKSUM,
-                                   f"CheckSum {got!r} != {expected:03d}")
+                got = buf[body_end + 3 : end - 1].decode("latin-1")
+                pos = self._resync(buf, pos, end, out, Reason.BAD_CHECKSUM, f"CheckSum {got!r} != {expected:03d}")
                 continue
             mt_end = buf.find(SOH, body_start + 3, body_end)
             if mt_end <= body_start + 3:
                 pos = self._resync(buf, pos, end, out, Reason.GARBLED, "Empty MsgType (35)")
                 continue
-            append(Message(buf[pos:end], begin, buf[body_start + 3:mt_end], body_start - pos,
-                           body_end - pos))
+            append(Message(buf[pos:end], begin, buf[body_start + 3 : mt_end], body_start - pos, body_end - pos))
             pos = end
         mv.release()
         self._buf = buf[pos:] if pos < n else b""
@@ -418,23 +505,32 @@ class Decoder:
             if n - pos < 20:
                 return -1
             return -self._resync(buf, pos, pos + 2, out, Reason.GARBLED, "BeginString not terminated") - 2
-        begin = buf[pos + 2:soh1]
+        begin = buf[pos + 2 : soh1]
         if begin not in self._begin_strings:
-            return -self._resync(buf, pos, pos + 2, out, Reason.BAD_BEGIN_STRING,
-                                 f"Unsupported BeginString {begin[:16].decode('latin-1')!r}") - 2
+            return (
+                -self._resync(
+                    buf,
+                    pos,
+                    pos + 2,
+                    out,
+                    Reason.BAD_BEGIN_STRING,
+                    f"Unsupported BeginString {begin[:16].decode('latin-1')!r}",
+                )
+                - 2
+            )
         p9 = soh1 + 1
         if n - p9 < 2:
             return -1
         if not buf.startswith(b"9=", p9):
-            return -self._resync(buf, pos, p9, out, Reason.GARBLED,
-                                 "BodyLength (9) must be the second field") - 2
+            return -self._resync(buf, pos, p9, out, Reason.GARBLED, "BodyLength (9) must be the second field") - 2
         self._begin = begin
         self._prefix = b"8=" + begin + b"\x019="
         return p9
 
     @staticmethod
-    def _resync(buf: bytes, start: int, search_from: int, out: list[Message | FrameError],
-                reason: Reason, detail: str) -> int:
+    def _resync(
+        buf: bytes, start: int, search_from: int, out: list[Message | FrameError], reason: Reason, detail: str
+    ) -> int:
         """Skip to the next plausible message start (``8=FIX``) at or after `search_from`,
         reporting the skipped bytes. Returns the new position."""
         if search_from <= start:
@@ -481,7 +577,7 @@ def replace_fields(msg: Message, changes: dict[bytes, bytes]) -> bytes:
     """`msg.raw` with the first occurrence of each tag in `changes` given a new value, every other
     byte kept; BodyLength and CheckSum recomputed. Used for MsgSeqNum translation."""
     raw = msg.raw
-    body = raw[msg.body_start:msg.trailer_start]
+    body = raw[msg.body_start : msg.trailer_start]
     parts: list[bytes] = []
     pos = 0
     pending = dict(changes)
@@ -490,7 +586,7 @@ def replace_fields(msg: Message, changes: dict[bytes, bytes]) -> bytes:
         if tag in pending:
             parts.append(tag + b"=" + pending.pop(tag) + SOH)
         else:
-            parts.append(body[pos:pos + flen])
+            parts.append(body[pos : pos + flen])
         pos += flen
         if not pending:
             parts.append(body[pos:])

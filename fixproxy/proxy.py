@@ -191,8 +191,7 @@ class OmsLeg(_Leg):
         link.oms = self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         link = self.link
         assert link is not None
         transport.set_write_buffer_limits(high=link.proxy.config.write_buffer_limit)
@@ -212,8 +211,7 @@ class AtsLeg(_Leg):
         self.link = link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=self.link.proxy.config.write_buffer_limit)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:

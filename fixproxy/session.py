@@ -241,6 +241,14 @@ class SessionInspector:
             return
         refusal = msg.check_syntax(self.limits)
         if refusal is not None:
+            seq_b = _find_field(msg, b"34")
+            if seq_b is not None and seq_b.isdigit() and int(seq_b) < state.next_seq[d] \
+                    and _find_field(msg, b"43") != b"Y":
+                # A GapFill at a number the receiver has passed is a sequence error on its side.
+                refusal = Refusal(Reason.SEQNUM_TOO_LOW, f"MsgSeqNum too low, expecting {state.next_seq[d]} "
+                                  f"but received {int(seq_b)}", 34)
+                self._disconnect(d, msg, refusal, res, received_at)
+                return
             self._refuse(d, msg, refusal, res, now, received_at)
             return
         get = msg.get
@@ -261,7 +269,9 @@ class SessionInspector:
         possdup = get(b"43") == b"Y"
         nxt = state.next_seq[d]
         if possdup:
-            first = state.refused[d].get(seq)
+            # A GapFill carries no content: one resent over a refused number is forwarded, since
+            # cutting it to that one number would leave the rest of its range missing.
+            first = state.refused[d].get(seq) if mt != b"4" else None
             if first is not None:
                 # A resend of a message we refused: gap-fill it again, never forward it.
                 self._gap_fill(d, msg, seq, True, res, now)
@@ -279,12 +289,15 @@ class SessionInspector:
         if mt == b"A" and get(b"141") == b"Y":
             state.reset()
             nxt = 1
-        if not possdup:
-            state.next_seq[d] = seq + 1 if seq >= nxt else nxt
-        if mt == b"4" and get(b"123") != b"Y":
+        if seq >= nxt:  # a PossDup one too: the original may have been dropped (garbled)
+            state.next_seq[d] = seq + 1
+        if mt == b"4":
             new = get(b"36")
             if new is not None and new.isdigit():
-                state.next_seq[d] = int(new)
+                if get(b"123") != b"Y":
+                    state.next_seq[d] = int(new)
+                elif int(new) > state.next_seq[d]:  # a GapFill: the sender's next is NewSeqNo
+                    state.next_seq[d] = int(new)
         if mt == b"A" and d is OUTBOUND:
             self._ats_logon_seen = True
         # -- policy -----------------------------------------------------------------------------
@@ -354,6 +367,8 @@ class SessionInspector:
                                      direction=INBOUND, kind="session.logon"))
         # The Logon itself goes through the normal path (sequence tracking, translation).
         self._message(d, msg, res, self._clock(), received_at)
+        if res.close is not None:
+            res.logon = None  # refused after all (e.g. SendingTime): do not open the ATS leg
 
     _time_window: _TimeWindow | None = None
 
@@ -382,8 +397,15 @@ class SessionInspector:
         if mt == b"4":
             new = get(b"36")
             if new is not None and new.isdigit():
-                nv = tr.to_visible(int(new))
-                if nv != int(new):
+                n = int(new)
+                if get(b"123") == b"Y" and n > seq:
+                    # GapFill: the next number after the sender's n-1. When the proxy inserted a
+                    # message just before n, that is the insertion, which a recovering receiver
+                    # holds queued: jumping to n's own number would discard it.
+                    nv = tr.to_visible(n - 1) + 1
+                else:
+                    nv = tr.to_visible(n)
+                if nv != n:
                     changes[b"36"] = b"%d" % nv
         elif mt == b"2":
             # ResendRequest: the range names the OTHER stream as this sender sees it.
@@ -453,7 +475,8 @@ class SessionInspector:
             res.events.append(ev)
             self._forward(d, msg, res)
             return
-        if action is Action.DISCONNECT or seq_b is None or not seq_b.isdigit():
+        if action is Action.DISCONNECT or seq_b is None or not seq_b.isdigit() or msg.msg_type == b"A" \
+                or (d is INBOUND and not self._ats_logon_seen):
             self._disconnect(d, msg, refusal, res, received_at)
             return
         seq = int(seq_b)

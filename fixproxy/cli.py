@@ -1,0 +1,268 @@
+"""The `fixproxy` command.
+
+Every expected failure is one line on stderr, ``fixproxy: <what> (<where>)``, and a non-zero exit:
+2 for usage and configuration errors, 1 for runtime failures. No tracebacks for those: an operator
+reading a start-up failure in a service log needs the key and the file, not a stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__
+from .config import ConfigError, ProxyConfig, load_config
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exits with ``code``."""
+
+    def __init__(self, what: str, where: str | None = None, code: int = EXIT_RUNTIME) -> None:
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.code = code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _fail(what: str, where: str | None = None) -> None:
+    suffix = f" ({_one_line(where)})" if where else ""
+    print(f"fixproxy: {_one_line(what)}{suffix}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the CLI contract), not usage text plus a message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(message, f"see {self.prog} --help", EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _load(path: str) -> ProxyConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(f"{exc.key}: {exc.problem}" if exc.key else exc.problem, exc.file, EXIT_USAGE) from None
+
+
+def _host_port(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tls_summary(insecure: bool, min_version: str | None) -> str:
+    if insecure or min_version is None:
+        return "plaintext"
+    return {"TLSv1.3": "TLS 1.3", "TLSv1.2": "TLS 1.2+"}.get(min_version, min_version)
+
+
+def summary(config: ProxyConfig) -> str:
+    """The one line `check-config` prints."""
+    oms = _tls_summary(config.insecure, config.tls.min_version if config.tls else None)
+    up = config.upstream
+    ats = _tls_summary(up.insecure, up.tls.min_version if up.tls else None)
+    tls = oms if oms == ats else f"OMS leg {oms}, ATS leg {ats}"
+    n, k = len(config.sessions), len(up.endpoints)
+    return (f"ok: {n} session{'s' if n != 1 else ''}, listen {_host_port(config.listen)}, "
+            f"upstream {k} endpoint{'s' if k != 1 else ''}, {tls}")
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .proxy import run as run_proxy  # the heavy imports only for the command that needs them
+
+    try:
+        run_proxy(config)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # address in use, TLS files that OpenSSL refuses (ssl.SSLError), ...
+        raise CliError(f"cannot run: {exc}", str(config.source_path)) from None
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    print(summary(_load(args.file)))
+    return EXIT_OK
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    from .certs import init_dev_pki
+
+    compids = [*args.compids, *(args.compid or [])]
+    try:
+        pki = init_dev_pki(args.dir, list(dict.fromkeys(compids)), days=args.days)
+    except ValueError as exc:  # a CompID that cannot be a file name or a URI
+        raise CliError(str(exc), args.dir, EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"cannot create the PKI: {exc}", args.dir) from None
+    for f in dataclasses.fields(pki):
+        if f.name != "clients":
+            print(f"{f.name}: {getattr(pki, f.name)}")
+    for compid, (cert, key) in pki.clients.items():
+        print(f"client {compid}: {cert} {key}")
+    return EXIT_OK
+
+
+def cmd_certs_revoke(args: argparse.Namespace) -> int:
+    from .certs import CRL, revoke, serial_number
+
+    try:
+        revoke(args.dir, args.cert)
+        serial = serial_number(args.cert)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot revoke {args.cert}: {exc}", args.dir) from None
+    print(f"revoked serial {serial:x} ({args.cert}); CRL {Path(args.dir) / CRL}")
+    print("running proxies apply it on reload: fixproxy admin --socket PATH reload")
+    return EXIT_OK
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise CliError("the two passwords differ", "stdin", EXIT_USAGE)
+        return first
+    line = sys.stdin.readline()
+    # Only the line ending goes: spaces may be part of a password.
+    return line[:-1].removesuffix("\r") if line.endswith("\n") else line
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from .policy import hash_password
+
+    password = _read_password()
+    if not password:
+        raise CliError("empty password", "stdin", EXIT_USAGE)
+    if "\x01" in password:
+        raise CliError("a FIX Password (554) cannot contain SOH", "stdin", EXIT_USAGE)
+    print(hash_password(password, salt=secrets.token_bytes(16)))
+    return EXIT_OK
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from .admin import AdminError, admin_request
+
+    if args.socket is not None:
+        path = args.socket
+    else:
+        config = _load(args.config)
+        if config.admin is None:
+            raise CliError("no [admin] socket in the configuration", str(config.source_path), EXIT_USAGE)
+        path = str(config.admin.socket)
+    params = {k: getattr(args, k) for k in ("session", "address", "seconds") if getattr(args, k, None) is not None}
+    try:
+        reply = asyncio.run(admin_request(path, args.op, **params))
+    except (OSError, AdminError) as exc:
+        raise CliError(f"admin {args.op}: {exc}", path) from None
+    print(json.dumps(reply, indent=2))
+    if not reply["ok"]:
+        _fail(f"admin {args.op}: {reply.get('error')}", path)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fixproxy", description="Inline FIX-protocol security proxy.")
+    p.add_argument("--version", action="version", version=f"fixproxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str,
+                parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub) -> argparse.ArgumentParser:
+        c = parent.add_parser(name, help=help_text, description=help_text)
+        c.set_defaults(func=func)
+        return c
+
+    c = command("run", cmd_run, "run the proxy")
+    c.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
+    c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    c = command("check-config", cmd_check_config, "validate a configuration file and summarise it")
+    c.add_argument("file", metavar="FILE")
+
+    certs = sub.add_parser("certs", help="development PKI", description="development PKI (never for production)")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    c = command("init", cmd_certs_init, "create or complete a development PKI", certs_sub)
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("compids", nargs="*", default=[], metavar="COMPID", help="client CompIDs (or --compid)")
+    c.add_argument("--compid", action="append", metavar="COMPID", help="a client CompID (repeatable)")
+    c.add_argument("--days", type=_positive_int, default=365, help="validity of new certificates (365)")
+    c = command("revoke", cmd_certs_revoke, "revoke a certificate (adds it to DIR/crl.pem)", certs_sub)
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("cert", metavar="CERT")
+
+    command("hash-password", cmd_hash_password,
+            "read a password on stdin, print the password_hash for a [[sessions]] table")
+
+    admin = command("admin", cmd_admin, "operate a running proxy over its admin socket")
+    where = admin.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="the admin socket")
+    where.add_argument("--config", metavar="FILE", help="take the socket from this configuration's [admin]")
+    ops = admin.add_subparsers(dest="op", required=True, metavar="OP")
+    ops.add_parser("reload", help="re-read the configuration, certificates and CRL")
+    ops.add_parser("status", help="links, blocked sources, upstream")
+    ops.add_parser("kill", help="close a session's connections").add_argument("session", metavar="SESSION")
+    block = ops.add_parser("block", help="refuse a source address")
+    block.add_argument("address", metavar="ADDRESS")
+    block.add_argument("--seconds", type=_positive_float, help="how long (default: auth.block_seconds)")
+    ops.add_parser("unblock", help="lift a block").add_argument("address", metavar="ADDRESS")
+    ops.add_parser("drill", help="fail over to the next upstream endpoint")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except CliError as exc:
+        _fail(exc.what, exc.where)
+        return exc.code
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except BrokenPipeError:  # `fixproxy admin status | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Real TLS in front of FIX engines that have none.
+
+The PyPI ``quickfix`` build has no TLS (compiled without HAVE_SSL), so the demo OMS and ATS speak
+plain TCP on 127.0.0.1 and a `TlsBridge` next to each adds the TLS hop the proxy terminates:
+
+    OMS --tcp--> TlsBridge.client --TLS (OMS client cert)--> fixproxy --mTLS--> TlsBridge.server --tcp--> ATS
+
+A bridge is a byte pump: it neither parses nor buffers FIX beyond one read (each write is
+drained before the next read), and when either side closes it closes the other, so a FIX peer
+sees the same connection lifetime it would see without the bridge.
+
+It runs its own asyncio loop in its own thread so tests and the demo can use it synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import threading
+from typing import Self
+
+_CHUNK = 64 * 1024
+_HANDSHAKE_TIMEOUT = 10.0
+_CONNECT_TIMEOUT = 10.0
+_CLOSE_TIMEOUT = 2.0  # for the TLS close_notify exchange; then the socket is simply dropped
+
+
+class TlsBridge:
+    """Accept on 127.0.0.1:`listen_port`, connect each connection to the target, pump bytes.
+
+    Build one with `client` (plain in, TLS out) or `server` (TLS in, plain out). ``port`` is the
+    port actually listened on (pass 0 to let the OS choose). ``connections`` counts accepted
+    connections, ``errors`` describes every connection that failed (TLS handshake, connect),
+    and ``peer_subjects`` holds the subject of each verified client certificate (server bridges).
+    """
+
+    def __init__(
+        self,
+        *,
+        listen_port: int,
+        target_host: str,
+        target_port: int,
+        accept_tls: ssl.SSLContext | None,
+        connect_tls: ssl.SSLContext | None,
+        server_hostname: str | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        self.listen_host = listen_host
+        self.port = listen_port
+        self.target_host = target_host
+        self.target_port = target_port
+        self._accept_tls = accept_tls
+        self._connect_tls = connect_tls
+        self._server_hostname = server_hostname
+        self.connections = 0
+        self.errors: list[str] = []
+        self.peer_subjects: list[str] = []
+        self._lock = threading.Lock()  # start/stop may be called from any thread
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0
+
+    @classmethod
+    def client(
+        cls,
+        listen_port: int,
+        target_host: str,
+        target_port: int,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str = "localhost",
+    ) -> TlsBridge:
+        """Plain TCP in (from the OMS) -> TLS out (to fixproxy), with the OMS's client certificate."""
+        return cls(
+            listen_port=listen_port,
+            target_host=target_host,
+            target_port=target_port,
+            accept_tls=None,
+            connect_tls=ssl_context,
+            server_hostname=server_hostname,
+        )
+
+    @classmethod
+    def server(cls, listen_port: int, ssl_context: ssl.SSLContext, target_host: str, target_port: int) -> TlsBridge:
+        """TLS in (from fixproxy's upstream leg; mutual when the context requires it) -> plain TCP out."""
+        return cls(
+            listen_port=listen_port,
+            target_host=target_host,
+            target_port=target_port,
+            accept_tls=ssl_context,
+            connect_tls=None,
+        )
+
+    @property
+    def active(self) -> int:
+        """Connections currently open."""
+        return self._active
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Listen and return once the port is bound (raises if it cannot be). Idempotent."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            ready = threading.Event()
+            failure: list[BaseException] = []
+            thread = threading.Thread(
+                target=self._run, args=(ready, failure), name=f"tlsbridge-{self.port}", daemon=True
+            )
+            thread.start()
+            if not ready.wait(timeout):
+                raise TimeoutError("TLS bridge did not start")
+            if failure:
+                thread.join(timeout)
+                raise failure[0]
+            self._thread = thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every open connection, then end the thread. Idempotent."""
+        with self._lock:
+            thread, loop, stopping = self._thread, self._loop, self._stopping
+            if thread is None or loop is None or stopping is None:
+                return
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
+            thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the event loop thread ---------------------------------------------------------------------
+
+    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready, failure))
+        except BaseException as exc:  # startup failures are re-raised by start()
+            failure.append(exc)
+            ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        self._stopping = asyncio.Event()
+        # The listener is plain TCP even for a server bridge: the TLS handshake is done per
+        # connection in _handle, so a failed handshake is recorded in ``errors`` instead of
+        # vanishing into asyncio's default exception handler.
+        server = await asyncio.start_server(self._handle, self.listen_host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await server.wait_closed()
+            # Aborted transports close their sockets from a loop callback: let it run before the
+            # loop is closed, or the sockets leak (ResourceWarning).
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+    def _error(self, text: str) -> None:
+        self.errors.append(text)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        self._active += 1
+        peer = writer.get_extra_info("peername")
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            if self._accept_tls is not None:
+                try:
+                    await writer.start_tls(self._accept_tls, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
+                except (ssl.SSLError, OSError, TimeoutError) as exc:
+                    self._error(f"TLS handshake with {peer} failed: {exc}")
+                    return
+                self._record_peer(writer)
+            try:
+                up_reader, upstream = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        self.target_host,
+                        self.target_port,
+                        ssl=self._connect_tls,
+                        server_hostname=self._server_hostname if self._connect_tls else None,
+                        ssl_handshake_timeout=_HANDSHAKE_TIMEOUT if self._connect_tls else None,
+                    ),
+                    _CONNECT_TIMEOUT,
+                )
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                self._error(f"connect to {self.target_host}:{self.target_port} for {peer} failed: {exc}")
+                return
+            # Each pump closes the side it writes to when its source ends, which ends the other.
+            await asyncio.gather(self._pump(reader, upstream), self._pump(up_reader, writer))
+        finally:
+            try:
+                await self._close(writer, upstream)
+            finally:
+                self._active -= 1
+                self._tasks.discard(task)
+
+    @staticmethod
+    async def _close(*sides: asyncio.StreamWriter | None) -> None:
+        live = [side for side in sides if side is not None]
+        for side in live:
+            side.close()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(side.wait_closed() for side in live), return_exceptions=True), _CLOSE_TIMEOUT
+            )
+        except TimeoutError:
+            # A TLS peer never finished the close: drop the sockets.
+            for side in live:
+                side.transport.abort()
+        except asyncio.CancelledError:
+            # The bridge is stopping: drop the sockets now, not after the loop has ended.
+            for side in live:
+                side.transport.abort()
+            raise
+
+    def _record_peer(self, writer: asyncio.StreamWriter) -> None:
+        cert = writer.get_extra_info("peercert") or {}
+        subject = ", ".join("=".join(pair) for rdn in cert.get("subject", ()) for pair in rdn)
+        if subject:
+            self.peer_subjects.append(subject)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                data = await source.read(_CHUNK)
+                if not data:
+                    break
+                sink.write(data)
+                # Bounded memory: read no more until the other side has taken this chunk.
+                await sink.drain()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass  # either side going away ends the pair; nothing to report
+        finally:
+            sink.close()
