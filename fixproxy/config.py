@@ -214,7 +214,10 @@ def _join(path: str, key: str) -> str:
 
 
 def _did_you_mean(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    options = list(choices)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    # "certificate" for "cert", "allowed_source" for "allowed_sources": too far apart for difflib.
+    close = close or [c for c in options if len(c) > 2 and (word.startswith(c) or c.startswith(word))][:1]
     return f" (did you mean {json.dumps(close[0])}?)" if close else ""
 
 
