@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import json
+import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -153,6 +157,62 @@ class ProxyThread:
             self._thread.join(10)
 
 
+class ChildMatchingEngine:
+    """A `MatchingEngine` in a child process (a standby ATS: same SessionIDs as the primary).
+
+    Only its logs (``log_dir``) and its store are visible from here; it stops when told to or when
+    this process's end closes its stdin.
+    """
+
+    def __init__(self, configs: list[EngineConfig]) -> None:
+        self.configs = configs
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        spec = json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(c).items()}
+                           for c in self.configs])
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen([sys.executable, "-c", "import fixproxy.demo as d; d._child_ats()", spec],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        ready: list[str] = []
+        out = self.proc.stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: ready.append(out.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not ready or ready[0].strip() != "ready":
+            self.stop()
+            raise RuntimeError(f"standby ATS did not start: {ready}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _child_ats() -> None:
+    """The child process of `ChildMatchingEngine`: run until stdin closes."""
+    paths = {"store_dir", "log_dir", "data_dictionary", "transport_dictionary"}
+    configs = [EngineConfig(**{k: Path(v) if k in paths and v is not None else v for k, v in c.items()})
+               for c in json.loads(sys.argv[1])]
+    engine = MatchingEngine(configs)
+    engine.start()
+    print("ready", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        engine.stop()
+
+
 class Stack:
     """ATS engine(s) behind TLS bridges, fixproxy, and OMS engines behind TLS bridges."""
 
@@ -175,7 +235,7 @@ class Stack:
         self.pki = init_dev_pki(self.workdir / "certs", compids + ["OMS2"] if "OMS2" not in compids else compids)
         self.sessions = sessions or {c: {"begin_string": begin_string} for c in compids}
         self.config_kw = config_kw
-        self.ats: list[MatchingEngine] = []
+        self.ats: list[MatchingEngine | ChildMatchingEngine] = []  # [0] in-process, standbys not
         self.ats_bridges: list[TlsBridge] = []
         self.oms: dict[str, OrderEntry] = {}
         self.oms_bridges: dict[str, TlsBridge] = {}
@@ -194,20 +254,23 @@ class Stack:
         store = self.workdir / "ats-store"  # shared: a standby engine resumes the primary's numbers
         for i in range(self.ats_count):
             plain = free_port()
-            engine = MatchingEngine(
-                [
-                    EngineConfig(
-                        begin_string=opts.get("begin_string", self.begin_string),
-                        sender_comp_id="ATS",
-                        target_comp_id=c,
-                        port=plain,
-                        store_dir=store,
-                        log_dir=self.workdir / f"ats{i}-log",
-                        heartbeat_interval=self.heartbeat,
-                        extra_settings={"RefreshOnLogon": "Y"},
-                    )
-                    for c, opts in self.sessions.items()
-                ]
+            configs = [
+                EngineConfig(
+                    begin_string=opts.get("begin_string", self.begin_string),
+                    sender_comp_id="ATS",
+                    target_comp_id=c,
+                    port=plain,
+                    store_dir=store,
+                    log_dir=self.workdir / f"ats{i}-log",
+                    heartbeat_interval=self.heartbeat,
+                    extra_settings={"RefreshOnLogon": "Y"},
+                )
+                for c, opts in self.sessions.items()
+            ]
+            # QuickFIX allows one live Session per SessionID per process, and a standby serves the
+            # primary's SessionIDs: standbys run in a child process, as they would in production.
+            engine: MatchingEngine | ChildMatchingEngine = (
+                MatchingEngine(configs) if i == 0 else ChildMatchingEngine(configs)
             )
             engine.start()
             self.ats.append(engine)

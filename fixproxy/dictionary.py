@@ -196,7 +196,7 @@ class _Message:
         self.required = frozenset(required_order)
         self.known = known  # every tag the dictionary defines (strict mode's UNKNOWN_TAG)
         # validate()'s fast path, per mode (index 0 strict, 1 lenient): the tag sequence, joined by
-        # "|" -> the value checks left to do, as (field index, check code, check argument)
+        # "=" -> (field count, the value checks left to do as (field index, check code, argument))
         self.plans: tuple[dict[bytes, tuple], dict[bytes, tuple]] = ({}, {})
 
 
@@ -497,11 +497,13 @@ class DataDictionary:
             return self._scan(spec, fields, lenient, [])
         # Fast path: this exact tag sequence (and these NumInGroup values) passed before, so only the
         # values are left to check. Anything amiss: the full scan finds and reports it.
-        tags = b"|".join(map(_first, fields))  # one hash, not one per tag (tags are digits: unambiguous)
+        # The key: the tags joined by "=" (one hash rather than one per tag). Plans are only made for
+        # messages with no "=" in a tag, so with the field count checked, a hit is the same tag sequence.
+        tags = b"=".join(map(_first, fields))
         plans = spec.plans[lenient]
         plan = plans.get(tags)
-        if plan is not None:
-            for i, code, arg in plan:
+        if plan is not None and plan[0] == len(fields):
+            for i, code, arg in plan[1]:
                 val = fields[i][1]
                 if code == _C_ENUM:
                     if val not in arg:
@@ -526,13 +528,16 @@ class DataDictionary:
                 return None
         recorded: list[tuple | None] = []
         refusal = self._scan(spec, fields, lenient, recorded)
-        if refusal is None and len(recorded) == len(fields):
+        if refusal is None and len(recorded) == len(fields) and tags.count(b"=") == len(fields) - 1:
             if len(plans) >= self.max_plans:
                 plans.clear()  # bounded memory; worst case is the full scan
-            plans[tags] = tuple(
-                (i, _C_COUNT, fields[i][1]) if e[1] == _C_GROUP else (i, e[1], e[2])
-                for i, e in enumerate(recorded)
-                if e is not None and e[1]
+            plans[tags] = (
+                len(fields),
+                tuple(
+                    (i, _C_COUNT, fields[i][1]) if e[1] == _C_GROUP else (i, e[1], e[2])
+                    for i, e in enumerate(recorded)
+                    if e is not None and e[1]
+                ),
             )
         return refusal
 

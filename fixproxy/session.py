@@ -401,8 +401,20 @@ class SessionInspector:
                 if get(b"123") == b"Y" and n > seq:
                     # GapFill: the next number after the sender's n-1. When the proxy inserted a
                     # message just before n, that is the insertion, which a recovering receiver
-                    # holds queued: jumping to n's own number would discard it.
+                    # holds queued: jumping to n's own number would discard it. For the same
+                    # reason the GapFill is cut around the proxy's application-level messages
+                    # inside its range (session-level ones may be skipped: FIX never resends them).
                     nv = tr.to_visible(n - 1) + 1
+                    start = v
+                    for p in tr.own_in_range(v + 1, nv - 1):
+                        own = tr.own_fields(p)
+                        if own is None or own[0][1] in SESSION_MSG_TYPES:
+                            continue
+                        if p > start:
+                            res.out(d).append(replace_fields(msg, {b"34": b"%d" % start, b"36": b"%d" % p}))
+                        start = p + 1
+                    if start != v:
+                        changes[b"34"] = b"%d" % start
                 else:
                     nv = tr.to_visible(n)
                 if nv != n:

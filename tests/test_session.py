@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -117,6 +118,12 @@ class Engine:
         self.replay: tuple[int, int] | None = None  # the range of the last ResendRequest sent
         self.replayed: dict[int, list[bytes]] = {}
         self.duplicates = 0
+        # Gap handling: off, a gap is an error; on, the engine queues and asks (for tests that
+        # drop garbled messages on purpose).
+        self.auto_recover = False
+        self.recovering = False
+        self.queue: dict[int, Message] = {}
+        self.gaps = 0
 
     # ---- sending ---------------------------------------------------------------------------
     def msg(self, mt: str | bytes, *body: Field, seq: int | None = None, possdup: bool = False,
@@ -186,21 +193,50 @@ class Engine:
                 self.replayed.setdefault(seq, []).append(m.raw)
             return []
         if seq > self.expected:
-            self.errors.append(f"Gap: expected {self.expected}, received {seq} ({mt.decode()})")
-            self.expected = seq  # resynchronise so that one fault is reported once
+            if not self.auto_recover:
+                self.errors.append(f"Gap: expected {self.expected}, received {seq} ({mt.decode()})")
+                self.expected = seq  # resynchronise so that one fault is reported once
+            else:  # what an engine does: hold it, ask for the gap (once), go on when it is filled
+                self.queue.setdefault(seq, m)
+                # A ResendRequest is answered at once, whatever its number (FIX), or two engines
+                # recovering at the same time would wait for each other.
+                out = self._answer(m) if mt == b"2" else []
+                if not self.recovering:
+                    self.recovering = True
+                    self.gaps += 1
+                    out.append(self.msg("2", (7, self.expected), (16, 0)))
+                return out
+        out = self._accept(m)
+        while self.queue:
+            for k in [k for k in self.queue if k < self.expected]:
+                skipped = self.queue.pop(k)
+                if skipped.msg_type not in SESSION_TYPES and skipped.get(b"43") != b"Y":
+                    self.errors.append(f"Queued application message {k} skipped by a GapFill")
+            nxt = self.queue.pop(self.expected, None)
+            if nxt is None:
+                break
+            self._accept(nxt)  # a queued ResendRequest was answered when it arrived
+        if not self.queue:
+            self.recovering = False
+        return out
+
+    def _accept(self, m: Message) -> list[bytes]:
+        g = m.get
+        seq = int(g(b"34"))  # type: ignore[arg-type]
         self.received[seq] = m.raw
-        if mt == b"4":
+        if m.msg_type == b"4":
             new = int(g(b"36"))  # type: ignore[arg-type]
             if new <= seq:
                 self.errors.append(f"GapFill {seq} -> {new} does not move forward")
             self.expected = new
-        else:
-            self.expected = seq + 1
-            if mt not in SESSION_TYPES:
-                self.app.append(m.raw)
-        if mt == b"2":
-            return self.answer_resend(int(g(b"7")), int(g(b"16")))  # type: ignore[arg-type]
-        return []
+            return []
+        self.expected = seq + 1
+        if m.msg_type not in SESSION_TYPES:
+            self.app.append(m.raw)
+        return self._answer(m) if m.msg_type == b"2" else []
+
+    def _answer(self, rr: Message) -> list[bytes]:
+        return self.answer_resend(int(rr.get(b"7")), int(rr.get(b"16")))  # type: ignore[arg-type]
 
     def answer_resend(self, begin: int, end: int) -> list[bytes]:
         """Resend begin..end: application messages with PossDupFlag=Y and OrigSendingTime, runs
@@ -280,6 +316,8 @@ class Harness:
         self.to_ats: list[bytes] = []  # every byte string the ATS received
         self.to_oms: list[bytes] = []
         self.closed: Refusal | None = None
+        self._pending: deque[tuple[Engine, list[bytes]]] = deque()
+        self._pumping = False
 
     def from_oms(self, raw: bytes) -> ReadResult:
         res = self.insp.from_initiator(raw)
@@ -297,10 +335,20 @@ class Harness:
             self.closed = res.close
         self.to_oms += res.to_initiator
         self.to_ats += res.to_acceptor
-        for raw in self.oms.receive(res.to_initiator):
-            self.from_oms(raw)
-        for raw in self.ats.receive(res.to_acceptor):
-            self.from_ats(raw)
+        # One FIFO for both sides: each stream is delivered in the order the proxy wrote it, even
+        # when an engine's answer makes the proxy write more before the earlier bytes arrived.
+        self._pending.append((self.oms, res.to_initiator))
+        self._pending.append((self.ats, res.to_acceptor))
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._pending:
+                eng, chunks = self._pending.popleft()
+                for raw in eng.receive(chunks):
+                    (self.from_oms if eng is self.oms else self.from_ats)(raw)
+        finally:
+            self._pumping = False
 
     def logon(self) -> None:
         res = self.from_oms(self.oms.logon())
@@ -756,8 +804,9 @@ def test_live_gap_fill_moves_the_next_number() -> None:
     h = Harness()
     h.logon()
     h.from_oms(h.oms.order("ORD-1"))
-    gf = h.oms.msg("4", (123, "Y"), (36, h.oms.next_out + 4))
-    h.oms.next_out += 4
+    new = h.oms.next_out + 4
+    gf = h.oms.msg("4", (123, "Y"), (36, new))
+    h.oms.next_out = new
     h.from_oms(gf)
     h.from_ats(news(h.ats, "N"))  # Reject toward the ATS
     h.from_oms(h.oms.order("ORD-2"))
@@ -1138,6 +1187,10 @@ ACTIONS = st.lists(
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_interleavings_keep_both_engines_in_sequence(actions: list[tuple[str, int, int]],
                                                             style: RejectStyle, gapfill_app: bool) -> None:
+    run_interleaving(actions, style, gapfill_app)
+
+
+def run_interleaving(actions: list[tuple[str, int, int]], style: RejectStyle, gapfill_app: bool) -> None:
     h = Harness(policy(reject_style=style, allowed_inbound=frozenset({"D", "F"})),
                 oms_gapfill_app=gapfill_app)
     h.logon()
@@ -1175,3 +1228,80 @@ def test_random_interleavings_keep_both_engines_in_sequence(actions: list[tuple[
     for d in Direction:
         s = h.insp.stats[d]
         assert s.received == s.forwarded + s.refused + s.dropped
+
+
+DROP_ACTIONS = st.lists(
+    st.tuples(st.sampled_from(["order", "exec", "oms_refused", "ats_refused", "oms_garbled", "ats_garbled",
+                               "oms_resend", "ats_resend"]),
+              st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=10_000)),
+    min_size=1, max_size=40)
+
+
+def garble(raw: bytes) -> bytes:
+    """The same message with a wrong CheckSum: dropped by the proxy."""
+    good = raw[-4:-1]
+    return raw[:-4] + (b"000" if good != b"000" else b"001") + b"\x01"
+
+
+@given(DROP_ACTIONS, st.sampled_from(list(RejectStyle)))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_drops_are_recovered_and_every_message_arrives_once(actions: list[tuple[str, int, int]],
+                                                                    style: RejectStyle) -> None:
+    run_with_drops(actions, style)
+
+
+def run_with_drops(actions: list[tuple[str, int, int]], style: RejectStyle) -> None:
+    """Garbled messages are dropped; the receiver sees the gap, asks, and the resend is checked
+    again. In the end each side has received every application message the other sent and the
+    proxy allowed, once, in order, and nothing the proxy refused."""
+    h = Harness(policy(reject_style=style, allowed_inbound=frozenset({"D", "F"})))
+    h.logon()
+    h.oms.auto_recover = h.ats.auto_recover = True
+    garbled = {Direction.INBOUND: 0, Direction.OUTBOUND: 0}
+    n = 0
+    for kind, a, b in actions:
+        n += 1
+        if kind == "order":
+            h.from_oms(h.oms.order(f"ORD-{n}"))
+        elif kind == "exec":
+            h.from_ats(h.ats.exec_report(f"EXEC-{n}"))
+        elif kind == "oms_refused":
+            h.from_oms(quote_request(h.oms, f"SECRETO-{n}"))
+        elif kind == "ats_refused":
+            h.from_ats(news(h.ats, f"SECRETA-{n}"))
+        elif kind == "oms_garbled":
+            garbled[Direction.INBOUND] += 1
+            h.from_oms(garble(h.oms.order(f"ORD-{n}") if a % 3 else quote_request(h.oms, f"SECRETO-{n}")))
+        elif kind == "ats_garbled":
+            garbled[Direction.OUTBOUND] += 1
+            h.from_ats(garble(h.ats.exec_report(f"EXEC-{n}") if a % 3 else news(h.ats, f"SECRETA-{n}")))
+        else:
+            eng = h.oms if kind == "oms_resend" else h.ats
+            last = eng.expected - 1
+            begin = 1 + a % last
+            end = 0 if b % 3 == 0 else begin + b % (last - begin + 1)
+            (h.from_oms if eng is h.oms else h.from_ats)(eng.resend_request(begin, end))
+            eng.check_replay()
+        assert not h.oms.recovering and not h.ats.recovering
+        h.assert_clean()
+    # Flush: a message each way reveals any gap left at the end.
+    h.from_oms(h.oms.heartbeat())
+    h.from_ats(h.ats.heartbeat())
+    h.assert_clean()
+    assert h.ats.gaps <= garbled[Direction.INBOUND] and h.oms.gaps <= garbled[Direction.OUTBOUND]
+
+    def app_sent(eng: Engine, allowed: frozenset[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        return [[(t, v) for t, v in f if t not in VOLATILE] for _, f in sorted(eng.sent.items())
+                if f[0][1] in allowed]
+
+    def app_received(eng: Engine) -> list[list[tuple[bytes, bytes]]]:
+        return [content(raw) for raw in eng.app if not is_proxy_reject(raw)]
+
+    assert app_received(h.ats) == app_sent(h.oms, frozenset({b"D", b"F"}))
+    assert app_received(h.oms) == app_sent(h.ats, frozenset({b"8"}))
+    assert all(b"SECRETO" not in raw for raw in h.to_ats)
+    assert all(b"SECRETA" not in raw for raw in h.to_oms)
+    for d in Direction:
+        s = h.insp.stats[d]
+        assert s.received == s.forwarded + s.refused + s.dropped
+        assert s.dropped == garbled[d]
