@@ -56,7 +56,7 @@ class SourceGuard:
         q.append(now)
         while q and q[0] < now - 60.0:
             q.popleft()
-        if len(q) > self.threshold and source not in self._blocked:
+        if len(q) > self.threshold and not self.is_blocked(source):  # an expired block does not count
             self._blocked[source] = now + self.block_seconds
             q.clear()
             return True

@@ -191,6 +191,7 @@ class SessionInspector:
         self._comp = {INBOUND: (b"", b""), OUTBOUND: (b"", b"")}  # (49, 56) expected per direction
         self._allowed: dict[Direction, frozenset[bytes] | None] = {INBOUND: None, OUTBOUND: None}
         self._ats_logon_seen = False
+        self._reset_by: Direction | None = None  # who sent a ResetSeqNumFlag Logon not yet answered
 
     # ------------------------------------------------------------------ public API (sans-IO)
     @property
@@ -287,17 +288,23 @@ class SessionInspector:
                 res, received_at)
             return
         if mt == b"A" and get(b"141") == b"Y":
-            state.reset()
-            nxt = 1
-        if seq >= nxt:  # a PossDup one too: the original may have been dropped (garbled)
+            if self._reset_by is not None and self._reset_by is not d:
+                # The answer to the other side's reset: the numbering restarted with the request;
+                # resetting again would forget what the requester has sent since (its Logon).
+                self._reset_by = None
+            else:
+                state.reset()
+                self._reset_by = d
+            nxt = state.next_seq[d]
+        if not possdup:
+            state.next_seq[d] = seq + 1 if seq >= nxt else nxt
+        elif seq >= nxt and mt != b"4":  # a resend of a message the proxy never saw (dropped, garbled)
             state.next_seq[d] = seq + 1
         if mt == b"4":
             new = get(b"36")
-            if new is not None and new.isdigit():
-                if get(b"123") != b"Y":
-                    state.next_seq[d] = int(new)
-                elif int(new) > state.next_seq[d]:  # a GapFill: the sender's next is NewSeqNo
-                    state.next_seq[d] = int(new)
+            # Reset: the sender's next is NewSeqNo; GapFill: at least NewSeqNo (a live one skips).
+            if new is not None and new.isdigit() and (get(b"123") != b"Y" or int(new) > state.next_seq[d]):
+                state.next_seq[d] = int(new)
         if mt == b"A" and d is OUTBOUND:
             self._ats_logon_seen = True
         # -- policy -----------------------------------------------------------------------------

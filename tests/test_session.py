@@ -9,13 +9,18 @@ ever sees a sequence error, whatever the proxy refused, inserted or renumbered o
 A ResendRequest from a model is checked as a *replay*: every number of the requested range must
 come back once, either as the same message it received the first time (same content, PossDupFlag
 set) or inside a GapFill that only skips session-level messages. That is what a receiver recovering
-a real gap needs, so a replay that passes here is one a recovering engine can use.
+a real gap needs, so a replay that passes here is one a recovering engine can use. In the tests
+that drop garbled messages on purpose, the models recover the way QuickFIX does: hold what came
+too early, ask from the gap to infinity, answer the other side's ResendRequest at once.
+
+Audit counters (`SessionInspector.stats`): every message read is exactly one of forwarded, refused
+(GapFill + answer, or a close) or dropped (framing). `shadowed` counts the shadowed ones among the
+forwarded: received == forwarded + refused + dropped, shadowed <= forwarded.
 """
 
 from __future__ import annotations
 
 import calendar
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -23,10 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixproxy.access import Authoriser, Peer
 from fixproxy.codec import Decoder, Message, encode
 from fixproxy.events import Direction, Outcome
-from fixproxy.policy import Action, IdentityBinding, RateLimit, RejectStyle, SessionPolicy, ValidationMode
+from fixproxy.policy import Action, RateLimit, RejectStyle, SessionPolicy, ValidationMode
 from fixproxy.reasons import Reason, Refusal
 from fixproxy.session import ReadResult, SeqTranslator, SessionInspector, SessionState, utc_timestamp
 
@@ -226,9 +230,9 @@ class Engine:
         self.received[seq] = m.raw
         if m.msg_type == b"4":
             new = int(g(b"36"))  # type: ignore[arg-type]
-            if new <= seq:
-                self.errors.append(f"GapFill {seq} -> {new} does not move forward")
-            self.expected = new
+            if new < seq:
+                self.errors.append(f"GapFill {seq} -> {new} goes backwards")
+            self.expected = max(new, self.expected)  # NewSeqNo == MsgSeqNum: a no-op (QuickFIX)
             return []
         self.expected = seq + 1
         if m.msg_type not in SESSION_TYPES:
@@ -242,6 +246,10 @@ class Engine:
         """Resend begin..end: application messages with PossDupFlag=Y and OrigSendingTime, runs
         of session-level messages as one GapFill (the FIX rule)."""
         last = self.next_out - 1
+        if begin > last:
+            # Nothing to resend. QuickFIX answers with a GapFill from BeginSeqNo to its next
+            # number, which is a no-op when they are equal: proxies must pass it through.
+            return [self._gap_fill(begin, self.next_out)]
         if end == 0 or end > last:
             end = last
         out: list[bytes] = []
@@ -356,6 +364,20 @@ class Harness:
         res = self.from_ats(self.ats.logon())
         assert res.close is None and len(res.to_initiator) == 1
 
+    def reconnect(self, *, reset: bool = False) -> None:
+        """The OMS reconnects: a new inspector on the same persistent state; both engines keep
+        their numbers, or start again at 1 when the Logon says ResetSeqNumFlag=Y."""
+        self.insp = SessionInspector(self.insp._authorise, clock=self.clock, source="10.0.0.7")
+        if reset:
+            for eng in (self.oms, self.ats):
+                eng.next_out = eng.expected = 1
+                eng.sent.clear()
+                eng.received.clear()
+        res = self.from_oms(self.oms.logon(reset=reset))
+        assert res.logon is self.state and res.close is None
+        res = self.from_ats(self.ats.logon(reset=reset))
+        assert res.close is None and len(res.to_initiator) == 1
+
     def assert_clean(self) -> None:
         assert self.oms.errors == [], self.oms.errors
         assert self.ats.errors == [], self.ats.errors
@@ -416,13 +438,11 @@ def test_logon_refused_by_the_authoriser() -> None:
 
 def test_logon_with_bad_syntax_is_refused() -> None:
     h = Harness()
-    raw = encode(FIX44, [(35, "A"), (49, "OMS1"), (56, "ATS"), (34, 1), (52, utc_timestamp(T0)), (98, 0),
-                         (108, 30), (98, 0)])  # a second 98 is fine; a second 34 is not:
-    bad = raw.replace(b"\x0198=0\x01108", b"\x0134=7\x01108")
-    bad = encode(FIX44, fields_of(bad)[2:-1])
+    bad = encode(FIX44, [(35, "A"), (49, "OMS1"), (56, "ATS"), (34, 1), (52, utc_timestamp(T0)), (34, 7),
+                         (98, 0), (108, 30)])  # MsgSeqNum twice: two parsers could disagree
     res = h.from_oms(bad)
     assert res.close is not None and res.close.reason is Reason.DUPLICATE_TAG
-    assert res.to_acceptor == [] and res.logon is None
+    assert res.to_acceptor == [] and res.to_initiator == [] and res.logon is None
     assert res.events[0].outcome is Outcome.CONNECTION_REFUSED
 
 
@@ -502,26 +522,39 @@ def test_inbound_refusal_gap_fills_rejects_and_renumbers() -> None:
 
 
 def test_offsets_accumulate_over_interleaved_refusals() -> None:
+    """Refusals both ways, interleaved with 50 messages each way: each stream is shifted by the
+    number of Rejects the proxy has sent into it, every other field is byte-exact."""
     h = Harness()
     h.logon()
-    refusals = 0
+    oms_refused = ats_refused = 0
     for i in range(50):
         if i % 7 == 3:
-            res = h.from_oms(quote_request(h.oms, f"SECRET-{i}"))
-            refusals += 1
-            assert one(res.to_acceptor).msg_type == b"4"
-            assert one(res.to_initiator).get(b"34") == b"%d" % (h.ats.next_out + refusals - 1)
+            res = h.from_oms(quote_request(h.oms, f"SECRETO-{i}"))
+            oms_refused += 1
+            assert one(res.to_acceptor).get(b"34") == b"%d" % (h.oms.next_out - 1 + ats_refused)
+            assert one(res.to_initiator).get(b"34") == b"%d" % (h.ats.next_out + oms_refused - 1)
+        if i % 9 == 5:
+            res = h.from_ats(news(h.ats, f"SECRETA-{i}"))
+            ats_refused += 1
+            assert one(res.to_initiator).get(b"34") == b"%d" % (h.ats.next_out - 1 + oms_refused)
+            assert one(res.to_acceptor).get(b"34") == b"%d" % (h.oms.next_out + ats_refused - 1)
         order = h.oms.order(f"ORD-{i}")
-        assert h.from_oms(order).to_acceptor == [order]
+        (out,) = h.from_oms(order).to_acceptor
+        if ats_refused:
+            same_except(order, out, {b"34": b"%d" % (h.oms.next_out - 1 + ats_refused)})
+        else:
+            assert out == order
         er = h.ats.exec_report(f"EXEC-{i}")
         (out,) = h.from_ats(er).to_initiator
-        same_except(er, out, {b"34": b"%d" % (h.ats.next_out - 1 + refusals)} if refusals else {})
-        if not refusals:
+        if oms_refused:
+            same_except(er, out, {b"34": b"%d" % (h.ats.next_out - 1 + oms_refused)})
+        else:
             assert out == er
-    assert refusals == 7
+    assert (oms_refused, ats_refused) == (7, 5)
     h.assert_clean()
     assert len(h.oms.app) == 50 and len(h.ats.app) == 50
-    assert all(b"SECRET" not in raw for raw in h.to_ats)
+    assert all(b"SECRETO" not in raw for raw in h.to_ats)
+    assert all(b"SECRETA" not in raw for raw in h.to_oms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -603,7 +636,16 @@ def test_resend_request_from_the_oms_is_mapped_and_answered(end: int) -> None:
     assert fwd.get(b"7") == b"%d" % exp_begin and fwd.get(b"16") == b"%d" % exp_end
     assert exp_begin < begin
     # The ATS answers; its resends come through translated; the replay is whole.
+    n = len(h.to_oms)
     h._deliver(res)
+    resent = [m for m in decode(h.to_oms[n:]) if m.msg_type == b"8"]
+    assert resent and all(m.get(b"43") == b"Y" and m.get(b"122") for m in resent)
+    tr_out = h.state.translators[Direction.OUTBOUND]
+    for m in resent:  # renumbered past the Rejects before them, the body as the ATS sent it
+        v = int(m.get(b"34"))  # type: ignore[arg-type]
+        s = tr_out.last_sender_at_or_before(v)
+        assert v == tr_out.to_visible(s) and v > s
+        assert m.get(b"17") == dict(h.ats.sent[s])[b"17"]
     h.oms.check_replay()
     h.assert_clean()
     assert h.oms.duplicates > 0
@@ -633,11 +675,19 @@ def test_resend_request_for_proxy_positions_only() -> None:
     h.logon()
     h.from_oms(h.oms.order("ORD-1"))
     h.from_ats(h.ats.exec_report("EXEC-1"))
-    h.from_oms(quote_request(h.oms, "SECRET"))
-    h.from_ats(h.ats.exec_report("EXEC-2"))
+    h.from_oms(quote_request(h.oms, "SECRET"))  # the proxy's Reject is the last the OMS got
     (pos,) = h.state.translators[Direction.OUTBOUND].positions
-    h.from_oms(h.oms.resend_request(pos, pos))
+    res = h.insp.from_initiator(h.oms.resend_request(pos, 0))
+    (own,) = decode(res.to_initiator)
+    assert own.get(b"34") == b"%d" % pos and own.msg_type == b"4"
+    (fwd,) = decode(res.to_acceptor)
+    assert fwd.get(b"7") == b"%d" % h.ats.next_out  # nothing of the ATS's is in the range
+    h._deliver(res)  # the ATS model answers as QuickFIX does: GapFill N -> N, a no-op
     h.oms.check_replay()
+    assert h.state.next_seq[Direction.OUTBOUND] == h.ats.next_out
+    h.from_ats(h.ats.exec_report("EXEC-3"))
+    h.from_oms(quote_request(h.oms, "SECRET-2"))
+    h.from_ats(h.ats.exec_report("EXEC-4"))
     h.assert_clean()
 
 
@@ -662,6 +712,26 @@ def test_resend_of_the_logon_range_keeps_proxy_execution_report() -> None:
     h.from_oms(h.oms.order("ORD-1"))  # D not allowed: refused with an ExecutionReport
     h.from_ats(h.ats.exec_report("EXEC-1"))
     h.from_oms(h.oms.resend_request(1, 0))
+    h.oms.check_replay()
+    h.assert_clean()
+
+
+def test_gap_fill_over_a_proxy_business_reject_is_cut_around_it() -> None:
+    """The ATS gap-fills a run of its session messages (Logon, ResendRequest) with the proxy's
+    BusinessMessageReject between them: the GapFill reaches the OMS in two pieces, around it."""
+    h = Harness(policy(reject_style=RejectStyle.BUSINESS_REJECT, allowed_inbound=frozenset({"D"})))
+    h.logon()
+    h.from_oms(h.oms.msg("G", (41, "ORD-1"), (11, "ORD-2"), (55, "AAPL")))  # BMR toward the OMS: 2
+    h.from_ats(h.ats.resend_request(1, 0))  # ATS 2 (session level), seen as 3
+    h.ats.check_replay()
+    n = len(h.to_oms)
+    h.from_oms(h.oms.resend_request(1, 0))
+    got = decode(h.to_oms[n:])
+    assert [(m.msg_type, m.get(b"34"), m.get(b"36")) for m in got] == [
+        (b"j", b"2", None),  # the proxy's own, resent by the proxy
+        (b"4", b"1", b"2"), (b"4", b"3", b"4"),  # the ATS's GapFill 1 -> 3, cut around it
+    ]
+    assert all(m.get(b"43") == b"Y" for m in got)
     h.oms.check_replay()
     h.assert_clean()
 
@@ -881,10 +951,12 @@ def test_rate_limit_refills_with_the_clock() -> None:
         h.from_oms(h.oms.order(f"ORD-{i}"))
     res = h.from_oms(h.oms.order("ORD-4"))
     assert res.events and res.events[0].reason is Reason.RATE_LIMITED
-    clock.advance(2.0)
+    clock.advance(2.0)  # two tokens back
     for i in range(2):
         order = h.oms.order(f"ORD-r{i}")
-        assert h.from_oms(order).to_acceptor[-1:] == [order] or one(h.from_oms(order).to_acceptor)
+        assert h.from_oms(order).to_acceptor == [order]
+    res = h.from_oms(h.oms.order("ORD-r2"))
+    assert res.events and res.events[0].reason is Reason.RATE_LIMITED
     h.assert_clean()
 
 
@@ -1041,18 +1113,18 @@ def test_stale_logon_is_refused_without_touching_the_ats() -> None:
     assert res.logon is None
 
 
-def test_refusal_before_the_ats_logon_does_not_precede_it() -> None:
-    """An OMS that pipelines a refused message right after its Logon must not get a Reject
-    numbered before the ATS's Logon answer (its engine would see a Reject as message 1)."""
+def test_refusal_before_the_ats_logon_closes() -> None:
+    """An OMS that pipelines a refused message right after its Logon cannot be answered: the
+    Reject would be numbered before the ATS's Logon (its engine would see a Reject as message 1).
+    The session is closed instead; a valid pipelined message still passes."""
     h = Harness()
     h.from_oms(h.oms.logon())
+    order = h.oms.order("ORD-1")
+    assert h.from_oms(order).to_acceptor == [order]
     res = h.from_oms(quote_request(h.oms, "SECRET"))
-    assert all(b"SECRET" not in raw for raw in res.to_acceptor)
-    if res.close is None:
-        h.from_ats(h.ats.logon())
-        first = decode(h.to_oms[:1])[0]
-        assert first.msg_type == b"A"
-        h.assert_clean()
+    assert res.close is not None and res.close.reason is Reason.MSGTYPE_NOT_ALLOWED
+    assert res.to_acceptor == [] and res.to_initiator == []
+    assert res.events[-1].outcome is Outcome.DISCONNECTED
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1124,6 +1196,20 @@ def test_logon_with_reset_seq_num_flag_resets_translation() -> None:
     h.assert_clean()
 
 
+def test_reset_logon_answer_does_not_reset_again() -> None:
+    """OMS Logon 141=Y (its number 1), ATS Logon 141=Y (its number 1): the ATS's answer must not
+    reset the OMS -> ATS numbering again, or a Reject the proxy sends the ATS right after (here
+    for a TradingSessionStatus the policy does not allow) would reuse number 1."""
+    h = Harness()
+    _build_history(h, 4, refuse_at=(1,))
+    h.reconnect(reset=True)
+    res = h.from_ats(h.ats.msg("h", (336, "1"), (340, "2")))
+    assert one(res.to_acceptor).get(b"34") == b"2"
+    h.from_oms(h.oms.order("ORD-after"))
+    h.from_ats(h.ats.exec_report("EXEC-after"))
+    h.assert_clean()
+
+
 def test_reconnect_without_reset_keeps_translating() -> None:
     h = Harness()
     _build_history(h, 6, refuse_at=(1, 3))
@@ -1178,7 +1264,7 @@ def test_translator_matches_brute_force(steps: list[int]) -> None:
 # --------------------------------------------------------------------------------------------------
 ACTIONS = st.lists(
     st.tuples(st.sampled_from(["order", "exec", "oms_refused", "ats_refused", "oms_resend", "ats_resend",
-                               "oms_heartbeat", "ats_heartbeat"]),
+                               "oms_heartbeat", "ats_heartbeat", "reconnect"]),
               st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=10_000)),
     min_size=1, max_size=40)
 
@@ -1194,9 +1280,7 @@ def run_interleaving(actions: list[tuple[str, int, int]], style: RejectStyle, ga
     h = Harness(policy(reject_style=style, allowed_inbound=frozenset({"D", "F"})),
                 oms_gapfill_app=gapfill_app)
     h.logon()
-    n = 0
-    for kind, a, b in actions:
-        n += 1
+    for n, (kind, a, b) in enumerate(actions, start=1):
         if kind == "order":
             h.from_oms(h.oms.order(f"ORD-{n}"))
         elif kind == "exec":
@@ -1210,6 +1294,8 @@ def run_interleaving(actions: list[tuple[str, int, int]], style: RejectStyle, ga
             h.from_oms(h.oms.heartbeat())
         elif kind == "ats_heartbeat":
             h.from_ats(h.ats.heartbeat())
+        elif kind == "reconnect":
+            h.reconnect(reset=a % 3 == 0)
         else:
             eng = h.oms if kind == "oms_resend" else h.ats
             last = eng.expected - 1
@@ -1258,9 +1344,7 @@ def run_with_drops(actions: list[tuple[str, int, int]], style: RejectStyle) -> N
     h.logon()
     h.oms.auto_recover = h.ats.auto_recover = True
     garbled = {Direction.INBOUND: 0, Direction.OUTBOUND: 0}
-    n = 0
-    for kind, a, b in actions:
-        n += 1
+    for n, (kind, a, b) in enumerate(actions, start=1):
         if kind == "order":
             h.from_oms(h.oms.order(f"ORD-{n}"))
         elif kind == "exec":
