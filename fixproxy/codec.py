@@ -480,7 +480,12 @@ class Decoder:
                 expected = checksum(mv, pos, body_end)
             if not buf.startswith(cs_digits[expected], body_end + 3):
                 got = buf[body_end + 3 : end - 1].decode("latin-1")
-                pos = self._resync(buf, pos, end, out, Reason.BAD_CHECKSUM, f"CheckSum {got!r} != {expected:03d}")
+                # Resume at the last "8=FIX" inside the failed frame, if any: a truncated message
+                # whose BodyLength runs into the next one must not swallow it. Linear: the next
+                # frame starts at or after that point, so each byte is checksummed at most twice.
+                inner = buf.rfind(b"8=FIX", pos + 1, end)
+                pos = self._resync(buf, pos, inner if inner > 0 else end, out, Reason.BAD_CHECKSUM,
+                                   f"CheckSum {got!r} != {expected:03d}")
                 continue
             mt_end = buf.find(SOH, body_start + 3, body_end)
             if mt_end <= body_start + 3:
