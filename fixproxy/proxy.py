@@ -342,9 +342,10 @@ class FixProxy:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: OmsLeg(link), conn, ssl=self._server_ctx,
                 ssl_handshake_timeout=self.config.handshake_timeout if self._server_ctx else None)
-        except TimeoutError as exc:
+        except (TimeoutError, ConnectionAbortedError) as exc:
+            # ssl_handshake_timeout aborts with ConnectionAbortedError (asyncio and uvloop alike)
             conn.close()
-            self._refuse_connection(link, Refusal(Reason.HANDSHAKE_TIMEOUT, f"TLS handshake timed out {exc}"))
+            self._refuse_connection(link, Refusal(Reason.HANDSHAKE_TIMEOUT, f"TLS handshake timed out: {_short(exc)}"))
             return
         except Exception as exc:
             conn.close()
