@@ -119,7 +119,7 @@ class ProxyThread:
         try:
             self.proxy = FixProxy(self.config)
             loop.run_until_complete(self.proxy.start())
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
             return
@@ -232,7 +232,7 @@ class Stack:
         self.compids = compids
         self.begin_string = begin_string
         self.heartbeat = heartbeat
-        self.pki = init_dev_pki(self.workdir / "certs", compids + ["OMS2"] if "OMS2" not in compids else compids)
+        self.pki = init_dev_pki(self.workdir / "certs", [*compids, "OMS2"] if "OMS2" not in compids else compids)
         self.sessions = sessions or {c: {"begin_string": begin_string} for c in compids}
         self.config_kw = config_kw
         self.ats: list[MatchingEngine | ChildMatchingEngine] = []  # [0] in-process, standbys not
@@ -350,7 +350,7 @@ class Stack:
 def _quietly(fn: Any) -> None:
     try:
         fn()
-    except Exception as exc:  # noqa: BLE001 - shutting down: report, carry on
+    except Exception as exc:
         print(f"shutdown: {exc}", file=sys.stderr)
 
 
@@ -416,10 +416,8 @@ def run_demo(workdir: Path, orders: int = 20) -> int:
             )
             for i in range(2000)
         )
-        try:
+        with contextlib.suppress(OSError):
             raw.send_raw(burst)
-        except OSError:
-            pass
         print(f"    - flood of 2000 orders: session closed = {raw.closed_by_peer(5)}")
         raw.close()
         time.sleep(0.3)

@@ -3,6 +3,7 @@ the demo and the adversarial tests (a real engine will not send a bad checksum o
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -63,7 +64,7 @@ class RawFixClient:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return []
         except ssl.SSLError as exc:
             raise ConnectionError(str(exc)) from exc
@@ -95,7 +96,5 @@ class RawFixClient:
         return False
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
