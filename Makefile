@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 bench-codec: $(STAMP)
 	$(PY) bench/bench_codec.py
+	$(PY) bench/bench_inspector.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
