@@ -248,6 +248,13 @@ class Message:
         self._values = parts[1::2]
         return tags
 
+    def index(self) -> dict[bytes, bytes]:
+        """tag -> value for the whole message (built once). Hot-path callers bind its ``get``."""
+        idx = self._index
+        if idx is None:
+            idx = self._index = dict(zip(self.tags, self.values, strict=True))
+        return idx
+
     def get(self, tag: bytes, default: bytes | None = None) -> bytes | None:
         """The value of `tag` (bytes, e.g. b"49"). For a tag that repeats inside a repeating group
         the occurrence returned is unspecified: walk `fields` for those."""

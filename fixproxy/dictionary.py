@@ -154,9 +154,6 @@ class _Field:
         else:
             self.check = self.fmt
 
-    def label(self) -> str:
-        return f"{self.number} ({self.name})"
-
 
 class _Group:
     """A repeating group as used in one message type."""

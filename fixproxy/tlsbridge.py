@@ -206,9 +206,15 @@ class TlsBridge:
                 return
             # Each pump closes the side it writes to when its source ends, which ends the other.
             await asyncio.gather(self._pump(reader, upstream), self._pump(up_reader, writer))
+        except asyncio.CancelledError:
+            # Only stop() cancels a handler. Ending normally keeps asyncio's start_server callback
+            # (3.11) from logging the cancellation as an error.
+            pass
         finally:
             try:
                 await self._close(writer, upstream)
+            except asyncio.CancelledError:
+                pass  # as above; _close has already dropped the sockets
             finally:
                 self._active -= 1
                 self._tasks.discard(task)
