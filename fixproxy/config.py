@@ -49,7 +49,8 @@ BEGIN_STRINGS = ("FIX.4.2", "FIX.4.4", "FIXT.1.1")  # the versions fixproxy has 
 # routes another reason through its per-session action.
 ACTIONABLE_REASONS: frozenset[Reason] = frozenset(
     {r for r in Reason if r.category in (Category.SYNTAX, Category.DICTIONARY)}
-    | {Reason.MSGTYPE_NOT_ALLOWED, Reason.RATE_LIMITED, Reason.STALE_SENDING_TIME}
+    | {Reason.MSGTYPE_NOT_ALLOWED, Reason.RATE_LIMITED, Reason.STALE_SENDING_TIME, Reason.SPOOFING,
+       Reason.LEAK_CROSS_SESSION_REF, Reason.LEAK_BLOCKED_DELIVERY}
 )
 
 _MAX_TLS_FILE = 10 * 1024 * 1024  # a CA bundle is at most a few hundred KiB; refuse to slurp a disk image
@@ -106,9 +107,37 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AnomalyConfig:
+    """Latency anomaly detection: mean + k·sigma for n consecutive reads, after `warmup` reads."""
+
+    k: float = 4.0
+    n: int = 5
+    warmup: int = 200
+    alpha: float = 0.02  # EWMA weight of a new observation
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     socket: Path
     allowed_uids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """[mqtt]: the broker security events and KPIs are published to (fixproxy.mqtt). Its keys are
+    these fields."""
+
+    host: str
+    port: int = 1883
+    tls: bool = False
+    ca: Path | None = None  # required with tls: the only CA the broker's certificate may chain to
+    cert: Path | None = None  # optional client certificate (with key), for brokers requiring one
+    key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None  # default: fixproxy-<instance>-<random>
+    max_buffer: int = 100_000  # events held while the broker is unreachable; beyond: counted, reported
+    kpi_interval: float = 5.0  # seconds between KPI snapshots
 
 
 @dataclass(frozen=True)
@@ -128,9 +157,11 @@ class ProxyConfig:
     tls: TlsFiles | None = None
     limits: Limits = field(default_factory=Limits)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     admin: AdminConfig | None = None
     events_jsonl: Path | None = None
     metrics_listen: tuple[str, int] | None = None
+    mqtt: MqttConfig | None = None
 
 
 # -- schema machinery ------------------------------------------------------------------------------
@@ -596,6 +627,13 @@ _BY_TYPE: dict[str, Parse] = {"int": _positive_int, "float": _positive_number}
 LIMITS: dict[str, Field] = {f.name: Value(_BY_TYPE[str(f.type)]) for f in dataclasses.fields(Limits)}
 RATE_LIMIT: dict[str, Field] = {f.name: Value(_BY_TYPE[str(f.type)]) for f in dataclasses.fields(RateLimit)}
 
+ANOMALY: dict[str, Field] = {
+    "k": Value(_positive_number),
+    "n": Value(_positive_int),
+    "warmup": Value(_positive_int),
+    "alpha": Value(_positive_number),
+}
+
 AUTH: dict[str, Field] = {
     "bruteforce_threshold": Value(_positive_int),
     "block_seconds": Value(_positive_number),
@@ -608,6 +646,51 @@ ADMIN: dict[str, Field] = {
 
 EVENTS: dict[str, Field] = {"jsonl": Value(_output_path)}
 METRICS: dict[str, Field] = {"listen": Value(_address(any_port=True))}
+
+
+def _port(value: Any, path: str, ctx: _Context) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise _Invalid(path, f"must be a port number 1-65535, got {_show(value)}")
+    return value
+
+
+MQTT: dict[str, Field] = {
+    "host": Value(_hostname, required=True),
+    "port": Value(_port),
+    "tls": Value(_bool),
+    "ca": Value(lambda v, p, c: _certificates(v, p, c)[0]),
+    "cert": Value(_cert_file),
+    "key": Value(_key_file),
+    "username": Value(_string),
+    "password": Value(_string),
+    "client_id": Value(_name),
+    "max_buffer": Value(_positive_int),
+    "kpi_interval": Value(_positive_number),
+}
+
+
+def _build_mqtt(d: dict[str, Any], path: str, ctx: _Context) -> MqttConfig:
+    if d.get("tls", False):
+        if "ca" not in d:
+            raise _Invalid(_join(path, "ca"), "missing: required with tls = true (the CA the broker's certificate "
+                                              "must chain to)")
+    else:
+        # A TLS file given without tls = true would be silently unused: the connection in clear.
+        for name in ("ca", "cert", "key"):
+            if name in d:
+                raise _Invalid(_join(path, name), "only used with tls = true (set tls = true, or remove it)")
+    if ("cert" in d) != ("key" in d):
+        given, missing = ("cert", "key") if "cert" in d else ("key", "cert")
+        raise _Invalid(_join(path, missing), f"missing: {given} and {missing} go together (the client certificate)")
+    if "cert" in d:
+        cert = x509.load_pem_x509_certificates(d["cert"].read_bytes())[0]
+        key = serialization.load_pem_private_key(d["key"].read_bytes(), password=None)
+        if _public_der(cert.public_key()) != _public_der(key.public_key()):
+            raise _Invalid(_join(path, "key"), f"{d['key']} does not belong to the certificate {d['cert']}")
+    if "password" in d and "username" not in d:
+        raise _Invalid(_join(path, "username"), "missing: password is only sent with a username")
+    return MqttConfig(**d)
+
 
 IDENTITY: dict[str, Field] = {
     "san_uris": Value(_list_of(_string)),
@@ -638,6 +721,7 @@ SESSION: dict[str, Field] = {
     "allowed_inbound": Value(_msg_types),
     "allowed_outbound": Value(_msg_types),
     "allowed_sources": Value(lambda v, p, c: tuple(_list_of(_network)(v, p, c))),
+    "allowed_on_behalf_of": Value(lambda v, p, c: frozenset(_list_of(_comp_id)(v, p, c))),
     "rate_limit": Table(RATE_LIMIT, build=_build_rate_limit),
     "max_connections": Value(_positive_int),
     "password_hash": Value(_password_hash),
@@ -666,9 +750,11 @@ SCHEMA: dict[str, Field] = {
     "upstream": Table(UPSTREAM, required=True),
     "limits": Table(LIMITS, build=_build_limits),
     "auth": Table(AUTH, build=lambda d, p, c: AuthConfig(**d)),
+    "anomaly": Table(ANOMALY, build=lambda d, p, c: AnomalyConfig(**d)),
     "admin": Table(ADMIN, build=lambda d, p, c: AdminConfig(d["socket"], frozenset(d["allowed_uids"]))),
     "events": Table(EVENTS),
     "metrics": Table(METRICS),
+    "mqtt": Table(MQTT, build=_build_mqtt),
     "sessions": TableArray(SESSION, build=_build_session, min_items=1, label="name", noun="session"),
 }
 
@@ -739,9 +825,11 @@ def _build(d: dict[str, Any], source: Path, ctx: _Context) -> ProxyConfig:
         source_path=source,
         limits=d.get("limits", Limits()),
         auth=d.get("auth", AuthConfig()),
+        anomaly=d.get("anomaly", AnomalyConfig()),
         admin=admin,
         events_jsonl=events.get("jsonl"),
         metrics_listen=metrics.get("listen"),
+        mqtt=d.get("mqtt"),
     )
 
 

@@ -13,16 +13,23 @@ QuickFIX Python pitfalls this module works around (read these before changing it
 
 - An exception escaping a Python callback (Application, Log) makes the C++ side call
   ``Py_Exit(1)``: the whole test process dies. Every callback here catches everything and records
-  it in ``errors`` instead; only QuickFIX's own exceptions are raised on purpose.
-- Sessions live in one process-wide registry keyed by SessionID. A second engine with the same
-  SessionID is silently not registered, and destroying the old engine later unregisters the new
-  one. So `stop()` destroys the C++ engine deterministically, and `start()` refuses a SessionID
-  that is already live in this process.
+  it in ``errors`` instead.
+- Sessions live in one process-wide registry keyed by SessionID, and acceptor connections find
+  their Session through it. A second engine with the same SessionID is silently not registered
+  (its connections reach the first engine's Session), and destroying the old engine later
+  unregisters the new one. So `stop()` destroys the C++ engine deterministically, and `start()`
+  refuses a SessionID already live in this process. Two ATS engines serving the same CompIDs
+  (primary and standby) need two processes; acceptors cannot use a SessionQualifier either.
+- ``SocketAcceptor.stop()`` closes its server from the calling thread while the engine thread
+  still uses it (QuickFIX 1.16, upstream PR #740): intermittent segfaults. The ATS therefore
+  uses ``ThreadedSocketAcceptor``, whose stop closes sockets and then joins its threads.
 - A Python `fix.Log` handed to C++ must be ``__disown__``-ed or the interpreter frees it twice.
-- ``Initiator.stop(False)`` polls ``isLoggedOn`` at one-second steps for up to 10 s; we log out
-  ourselves, wait for the callback, then stop with ``force=True``.
+- ``stop(False)`` polls ``isLoggedOn`` at one-second steps for up to 10 s; we log out ourselves,
+  wait for the onLogout callback, then stop with ``force=True``.
+- ``Session.logout()`` from a foreign thread is acted on at the engine's next 1 s timer tick, and
+  an initiator's thread exits at most 1 s after stop: stopping an OMS takes one to two seconds.
 - The acceptor binds INADDR_ANY whatever the host: it cannot be restricted to 127.0.0.1.
-- ``Session.logout()`` from a foreign thread is acted on at the engine's next 1 s timer tick.
+- Loading FIX50SP2.xml takes about 1.5 s per engine; FIX42/FIX44 take milliseconds.
 """
 
 from __future__ import annotations
@@ -805,7 +812,10 @@ class MatchingEngine(_FixEngine):
       102=1 for an unknown order, 102=0 for a filled one.
     - OrderCancelReplaceRequest (G): Replaced (150=5) for a resting order, else 9 with 434=2.
     - OrderStatusRequest (H): a status ExecutionReport (39=8, 103=5 for an unknown order).
-    - Any other application message: QuickFIX answers BusinessMessageReject (35=j).
+    - Any other application message: BusinessMessageReject (35=j, 380=3).
+
+    Messages that fail QuickFIX's own checks (data dictionary, sequence) never reach this code;
+    QuickFIX answers them with a session Reject (35=3) or a Logout, which is what a real ATS does.
     """
 
     _connection_type = "acceptor"
@@ -819,6 +829,7 @@ class MatchingEngine(_FixEngine):
         self._ids = itertools.count(1)
 
     def _engine_class(self) -> Any:
+        # Not SocketAcceptor: its stop() races its own thread (see the module docstring).
         return fix.ThreadedSocketAcceptor
 
     def _prepare(self) -> None:

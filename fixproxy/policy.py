@@ -63,6 +63,8 @@ class SessionPolicy:
     allowed_inbound: frozenset[str] | None = None  # OMS -> ATS
     allowed_outbound: frozenset[str] | None = None  # ATS -> OMS
     allowed_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: any
+    # OnBehalfOfCompID (115) / DeliverToCompID (128) values this session may use; None: neither tag allowed
+    allowed_on_behalf_of: frozenset[str] | None = None
     rate_limit: RateLimit = field(default_factory=RateLimit)
     max_connections: int = 1
     password_hash: str | None = None  # "pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>"

@@ -27,6 +27,8 @@ from . import metrics as m
 from . import tls as tlsmod
 from .access import Authoriser, Peer, SourceGuard
 from .events import Direction, Outcome, SecurityEvent
+from .kpis import AnomalyDetector, KpiCollector, LatencyStats
+from .leakguard import LeakGuard
 from .reasons import Reason, Refusal
 from .session import ReadResult, SessionInspector
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from .recorder import Recorder
 
 log = logging.getLogger("fixproxy")
+_CONTAINED = frozenset({Outcome.REFUSED, Outcome.DISCONNECTED, Outcome.CONNECTION_REFUSED, Outcome.DROPPED})
 perf = time.perf_counter
 
 
@@ -54,6 +57,7 @@ class Link:
         "ats",
         "closing",
         "inspector",
+        "logged_on_at",
         "last_read",
         "logon_deadline",
         "oms",
@@ -76,6 +80,7 @@ class Link:
         self.opened = perf()
         self.last_read = self.opened
         self.logon_deadline = self.opened + proxy.logon_timeout
+        self.logged_on_at = 0.0
 
     # ---- the hot path ---------------------------------------------------------------------
     def from_oms(self, data: bytes) -> None:
@@ -83,19 +88,23 @@ class Link:
         self.last_read = now
         insp = self.inspector
         if insp is None:
-            return  # TLS not finished: start_tls owns the bytes
-        self.apply(insp.from_initiator(data, now))
+            return  # not logged on through TLS yet: nothing to inspect with
+        self.proxy.bytes_by_leg["oms"] += len(data)
+        self.apply(insp.from_initiator(data, now), now, "inbound")
 
     def from_ats(self, data: bytes) -> None:
         insp = self.inspector
         if insp is not None:
-            self.apply(insp.from_acceptor(data, perf()))
+            now = perf()
+            self.proxy.bytes_by_leg["ats"] += len(data)
+            self.apply(insp.from_acceptor(data, now), now, "outbound")
 
-    def apply(self, res: ReadResult) -> None:
+    def apply(self, res: ReadResult, received_at: float, direction: str) -> None:
         if res.to_initiator:
             self.oms.write(res.to_initiator)
         if res.logon is not None:
             self.pending = []
+            self.logged_on_at = time.monotonic()
             self.proxy.spawn(self.open_upstream())
         if res.to_acceptor:
             if self.pending is not None:
@@ -104,8 +113,27 @@ class Link:
                 self.ats.write(res.to_acceptor)
                 if self.proxy.failover.pending_since is not None:
                     self.proxy.recovered()
+        proxy = self.proxy
+        if res.forwarded_types:
+            # Every message of a read shares one latency: last byte read -> written to the other leg.
+            latency = perf() - received_at
+            proxy.latency.observe(direction, latency, res.forwarded_types)
+            insp = self.inspector
+            if insp is not None and insp.state is not None:
+                name = insp.state.policy.name
+                det = proxy.anomaly.get(name)
+                if det is None:
+                    det = proxy.anomaly[name] = proxy.new_anomaly_detector()
+                if det.observe(latency):
+                    res.events.append(SecurityEvent(
+                        None, Outcome.INFO, f"Proxy latency {latency * 1e6:.0f} µs above mean + {det.k}sigma for "
+                        f"{det.n} reads in a row (mean {det.mean * 1e6:.0f} µs)", session=name, source=self.source,
+                        kind="latency.anomaly"))
         if res.events:
-            self.proxy.record(res.events, self)
+            proxy.record(res.events, self)
+            for ev in res.events:  # time to respond: bytes read -> containment written
+                if ev.received_at is not None and ev.outcome in _CONTAINED:
+                    proxy.m_ttr.observe(perf() - ev.received_at)
         if res.close is not None:
             self.close(res.close)
 
@@ -259,8 +287,23 @@ class FixProxy:
                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=r)
         self.m_reloads = Counter(m.CONFIG_RELOADS, "Configuration reloads", ["outcome"], registry=r)
         self.m_admin = Counter(m.ADMIN_OPERATIONS, "Admin operations", ["operation", "outcome"], registry=r)
-        self.m_messages = Counter(m.MESSAGES, "Messages by session, direction and outcome",
-                                  ["session", "direction", "outcome"], registry=r)
+        self.m_ttr = Histogram(m.TIME_TO_RESPOND, "Seconds from the offending bytes to containment written",
+                               buckets=m.LATENCY_BUCKETS, registry=r)
+        # KPI state read by KpiCollector at scrape time (the FIX path only adds to it).
+        self.started_at = time.monotonic()
+        self.leak_guard = LeakGuard()
+        self.latency = LatencyStats()
+        self.anomaly: dict[str, AnomalyDetector] = {}
+        self.closed_stats: dict[tuple[str, str, str], float] = {}
+        self.connected_seconds: dict[str, float] = {}
+        self.connections_refused = 0
+        self.bytes_by_leg: dict[str, int] = {"oms": 0, "ats": 0}
+        self.certificates = _certificate_dates(config)
+        r.register(KpiCollector(self))
+
+    def new_anomaly_detector(self) -> AnomalyDetector:
+        a = self.config.anomaly
+        return AnomalyDetector(k=a.k, n=a.n, warmup=a.warmup, alpha=a.alpha) if a is not None else AnomalyDetector()
 
     # ---- start / stop ---------------------------------------------------------------------
     def _build_contexts(self, config: ProxyConfig) -> None:
@@ -377,7 +420,7 @@ class FixProxy:
             return self.authoriser.authorise(msg, peer)
 
         return SessionInspector(authorise, source=link.source, limits=self.config.limits,
-                                validator=self._validator)
+                                validator=self._validator, leak_guard=self.leak_guard)
 
     def _validator(self, policy: SessionPolicy) -> Any:
         from .policy import ValidationMode
@@ -407,6 +450,7 @@ class FixProxy:
                                             f"after repeated refusals", session=None, source=source,
                                             kind="auth.bruteforce"))
         self.m_connections.labels("oms", "refused").inc()
+        self.connections_refused += 1
         self.recorder.submit(events)
         link.close()
 
@@ -422,11 +466,13 @@ class FixProxy:
             name = insp.state.policy.name
             self.m_sessions.labels(name).set(sum(
                 1 for lk in self.links if lk.inspector and lk.inspector.session_name == name))
+            if link.logged_on_at:
+                self.connected_seconds[name] = self.connected_seconds.get(name, 0.0) + (
+                    time.monotonic() - link.logged_on_at)
             for d, st in insp.stats.items():
                 for outcome in ("received", "forwarded", "refused", "dropped", "shadowed"):
-                    val = getattr(st, outcome)
-                    if val:
-                        self.m_messages.labels(name, d.value, outcome).inc(val)
+                    key = (name, d.value, outcome)
+                    self.closed_stats[key] = self.closed_stats.get(key, 0) + getattr(st, outcome)
             insp.state = None  # counted once
 
     # ---- recording ------------------------------------------------------------------------
@@ -505,8 +551,12 @@ class FixProxy:
 
     # ---- timers: logon deadline, idle sessions ----------------------------------------------
     async def _timers(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(0.5)
+            ticks += 1
+            if ticks % 120 == 0:
+                self.leak_guard.expire()
             now = perf()
             for link in list(self.links):
                 insp = link.inspector
@@ -621,6 +671,24 @@ def _listen(host: str, port: int) -> socket.socket:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def _certificate_dates(config: ProxyConfig) -> dict[str, tuple[float, float]]:
+    """not_before / not_after (epoch seconds) of every certificate the proxy presents or trusts."""
+    from cryptography import x509
+
+    out: dict[str, tuple[float, float]] = {}
+    for leg, files in (("proxy", config.tls), ("upstream", config.upstream.tls)):
+        if files is None:
+            continue
+        for role, path in (("cert", files.cert), ("ca", files.ca)):
+            try:
+                with open(path, "rb") as f:
+                    cert = x509.load_pem_x509_certificate(f.read())
+            except (OSError, ValueError):
+                continue
+            out[f"{leg}.{role}"] = (cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+    return out
 
 
 def _revoked_serials(crl_path: Any) -> frozenset[int]:

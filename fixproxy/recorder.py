@@ -20,7 +20,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from . import metrics as m
-from .events import SecurityEvent
+from .events import Outcome, SecurityEvent
+from .reasons import Category, Reason
 
 log = logging.getLogger("fixproxy.recorder")
 
@@ -45,6 +46,14 @@ class Recorder:
                                     ["kind", "reason", "outcome", "session", "direction"], registry=registry)
         self.overflow_total = Counter(m.EVENTS_OVERFLOW, "Events that did not fit the recorder queue",
                                       registry=registry)
+        self.checksum_failures = Counter(m.CHECKSUM_FAILURES, "Messages with a wrong CheckSum (10)",
+                                         ["session", "direction"], registry=registry)
+        self.poisoning = Counter(m.POISONING_ATTEMPTS, "Messages refused before reaching the other side",
+                                 ["session", "direction", "reason"], registry=registry)
+        self.unauthenticated = Counter(m.UNAUTHENTICATED_ACCESS, "TLS handshakes and logons refused",
+                                       ["source", "compid", "reason"], registry=registry)
+        self.leakage = Counter(m.LEAKAGE_EVENTS, "Cross-session references, blocked deliveries, spoofing",
+                               ["session", "reason"], registry=registry)
         self.time_to_detect = Histogram(m.TIME_TO_DETECT, "Seconds from the offending bytes to the event recorded",
                                         buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
                                         registry=registry)
@@ -101,6 +110,7 @@ class Recorder:
             self._overflow = 0
         loop_time = time.perf_counter()
         for ev in batch:
+            self._kpis(ev)
             self.events_total.labels(ev.kind, ev.reason.value if ev.reason else "", ev.outcome.value,
                                      ev.session or "", ev.direction.value if ev.direction else "").inc()
             if ev.received_at is not None:
@@ -116,3 +126,24 @@ class Recorder:
             except Exception:  # a sink failure must not stop the others or the proxy
                 log.exception("event sink failed")
 
+    def _kpis(self, ev: SecurityEvent) -> None:
+        """The catalogue's event-derived KPIs (../shared/KPIS.md)."""
+        r = ev.reason
+        if r is None:
+            return
+        session = ev.session or ""
+        direction = ev.direction.value if ev.direction else ""
+        if r is Reason.BAD_CHECKSUM:
+            self.checksum_failures.labels(session, direction).inc()
+        if r.category in _POISONING_CATEGORIES or r in _POISONING_REASONS:
+            self.poisoning.labels(session, direction, r.value).inc()
+        if ev.outcome is Outcome.CONNECTION_REFUSED and r.category in (Category.AUTH, Category.SESSION):
+            compid = session.split("->")[0] if "->" in session else ""
+            self.unauthenticated.labels(ev.source or "", compid, r.value).inc()
+        if r in _LEAKAGE_REASONS:
+            self.leakage.labels(session, r.value).inc()
+
+
+_POISONING_CATEGORIES = frozenset({Category.FRAMING, Category.SYNTAX, Category.DICTIONARY, Category.SESSION})
+_POISONING_REASONS = frozenset({Reason.MSGTYPE_NOT_ALLOWED})
+_LEAKAGE_REASONS = frozenset({Reason.LEAK_CROSS_SESSION_REF, Reason.LEAK_BLOCKED_DELIVERY, Reason.SPOOFING})

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, encode, replace_fields
 from .events import Direction, Outcome, SecurityEvent
+from .leakguard import LeakGuard
 from .policy import ORDER_MSG_TYPES, SESSION_MSG_TYPES, Action, RejectStyle, SessionPolicy, TokenBucket
 from .reasons import Reason, Refusal
 
@@ -37,6 +38,7 @@ OUTBOUND = Direction.OUTBOUND
 _REMEMBER = 10_000
 
 _ADMIN_REJECT_TYPES = frozenset({b"3", b"j"})
+_GUARDED = frozenset({b"D", b"F", b"G", b"H", b"8", b"9"})  # order flow the leak guard inspects
 
 
 def utc_timestamp(now: float | None = None) -> bytes:
@@ -131,11 +133,12 @@ class SessionState:
 class ReadResult:
     """What one read produced. Lists are appended in order; the I/O layer writes them."""
 
-    __slots__ = ("close", "events", "logon", "to_acceptor", "to_initiator")
+    __slots__ = ("close", "events", "forwarded_types", "logon", "to_acceptor", "to_initiator")
 
     def __init__(self) -> None:
         self.to_acceptor: list[bytes] = []
         self.to_initiator: list[bytes] = []
+        self.forwarded_types: list[bytes] = []  # MsgType of each forwarded message, for latency by type
         self.events: list[SecurityEvent] = []
         self.close: Refusal | None = None  # close both legs after writing what is here
         self.logon: SessionState | None = None  # Logon accepted: connect the ATS leg, then write
@@ -175,8 +178,10 @@ class SessionInspector:
     def __init__(self, authorise: Authorise, *, source: str | None = None,
                  limits: Limits = DEFAULT_LIMITS,
                  validator: Callable[[SessionPolicy], Validate | None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, leak_guard: LeakGuard | None = None) -> None:
         self._authorise = authorise
+        self._guard = leak_guard
+        self._on_behalf: frozenset[bytes] | None = None
         self._validator_for = validator
         self._validate: Validate | None = None
         self._clock = clock
@@ -252,7 +257,8 @@ class SessionInspector:
                 return
             self._refuse(d, msg, refusal, res, now, received_at)
             return
-        get = msg.index().get  # one dict, C-level lookups from here on
+        idx = msg.index()
+        get = idx.get  # one dict, C-level lookups from here on
         sender, target = self._comp[d]
         if get(b"49") != sender or get(b"56") != target:
             self._disconnect(d, msg, Refusal(
@@ -314,6 +320,13 @@ class SessionInspector:
             refusal = Refusal(Reason.MSGTYPE_NOT_ALLOWED, f"MsgType {mt.decode()} not allowed", 35)
         elif self._validate is not None:
             refusal = self._validate(mt, msg.fields)
+        guard = self._guard
+        if refusal is None and guard is not None:
+            if d is INBOUND:
+                if mt in _GUARDED or b"115" in idx or b"128" in idx:
+                    refusal = guard.inbound(state.policy.name, mt, get, now, self._on_behalf)
+            elif mt in _GUARDED:
+                refusal = guard.outbound(state.policy.name, mt, get, now)
         if refusal is None and d is INBOUND and self._bucket is not None and not possdup:
             bucket = self._bucket
             if bucket.tokens >= 1.0 and not bucket.refused_in_a_row:
@@ -364,6 +377,8 @@ class SessionInspector:
             OUTBOUND: _msgtypes(policy.allowed_outbound),
         }
         self._validate = self._validator_for(policy) if self._validator_for else None
+        self._on_behalf = None if policy.allowed_on_behalf_of is None else frozenset(
+            v.encode() for v in policy.allowed_on_behalf_of)
         self._bucket = TokenBucket(policy.rate_limit, self._clock())
         self._time_window = _TimeWindow(policy.sending_time_tolerance) if policy.sending_time_tolerance \
             else None
@@ -389,6 +404,7 @@ class SessionInspector:
         tr = state.translators[d]
         other = state.translators[OUTBOUND if d is INBOUND else INBOUND]
         out = res.to_acceptor if d is INBOUND else res.to_initiator
+        res.forwarded_types.append(msg.msg_type)
         if not tr.bounds and not other.bounds:
             out.append(msg.raw)  # the common case: byte-exact
             return

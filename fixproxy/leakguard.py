@@ -1,0 +1,164 @@
+"""Information leakage guard: which session owns which order, and refusals when order data would
+cross sessions. Sans-IO, shared by every session of the proxy.
+
+A dark pool's worst failure is one participant's flow reaching another. The guard learns
+ownership from the order flow itself: a NewOrderSingle's ClOrdID belongs to the session that sent
+it, and the OrderID the ATS assigns in its first ExecutionReport to that session belongs to it too.
+Then:
+- a cancel, replace or status request (F/G/H) naming an OrderID (37) another session owns, or an
+  OrigClOrdID (41) / ClOrdID only another session has used, is refused (LEAK_CROSS_SESSION_REF);
+- an ExecutionReport or OrderCancelReject about to be delivered to a session that does not own
+  its order is blocked, never delivered (LEAK_BLOCKED_DELIVERY);
+- OnBehalfOfCompID (115) / DeliverToCompID (128) values the session is not entitled to are
+  refused (SPOOFING).
+ClOrdIDs are unique per session only, so they are keyed by (session, ClOrdID); OrderIDs are
+assigned by the ATS and keyed alone. Memory is bounded by count and age (oldest forgotten first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from .reasons import Reason, Refusal
+
+_ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
+_ORDER_REPLIES = frozenset({b"8", b"9"})
+
+Get = Callable[[bytes], "bytes | None"]
+
+
+class LeakGuard:
+    def __init__(self, *, max_orders: int = 1_000_000, max_age: float = 86_400.0, window: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_orders = max_orders
+        self.max_age = max_age
+        self.window = window
+        self._clock = clock
+        # (session, ClOrdID) -> time the order was sent, for round trips and ownership
+        self._clordids: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._clordid_sessions: dict[bytes, set[str]] = {}
+        self._orderids: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._recent: deque[tuple[float, str]] = deque()  # (time, kind) for the leakage index
+        self.round_trips: list[float] = []  # drained by the metrics collector
+        self.blocked = 0
+        self.cross_refs = 0
+        self.spoofing = 0
+
+    # ---- inbound: OMS -> ATS ------------------------------------------------------------------
+    def inbound(self, session: str, msg_type: bytes, get: Get, now: float,
+                on_behalf_of: frozenset[bytes] | None = None) -> Refusal | None:
+        spoof = self._spoofing(get, on_behalf_of)
+        if spoof is not None:
+            return spoof
+        if msg_type == b"D":
+            cl = get(b"11")
+            if cl is not None:
+                self._claim(session, cl, now)
+            return None
+        if msg_type in _ORDER_ENTRY:
+            oid = get(b"37")
+            if oid is not None and oid != b"NONE":
+                owner = self._orderids.get(oid)
+                if owner is not None and owner[0] != session:
+                    return self._cross(f"OrderID {oid.decode('latin-1')} belongs to another session", 37)
+            for tag in (b"41", b"11"):
+                ref = get(tag)
+                if ref is None:
+                    continue
+                if (session, ref) in self._clordids:
+                    continue
+                others = self._clordid_sessions.get(ref)
+                if others and session not in others:
+                    return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", int(tag))
+            cl = get(b"11")
+            if cl is not None and msg_type != b"H":
+                self._claim(session, cl, now)
+        return None
+
+    # ---- outbound: ATS -> OMS -----------------------------------------------------------------
+    def outbound(self, session: str, msg_type: bytes, get: Get, now: float) -> Refusal | None:
+        if msg_type not in _ORDER_REPLIES:
+            return None
+        cl = get(b"11")
+        oid = get(b"37")
+        if oid is not None and oid != b"NONE":
+            owner = self._orderids.get(oid)
+            if owner is not None and owner[0] != session:
+                return self._block(f"Order {oid.decode('latin-1')} of another session")
+        if cl is not None:
+            sent = self._clordids.get((session, cl))
+            if sent is None:
+                others = self._clordid_sessions.get(cl)
+                if others and session not in others:
+                    return self._block(f"ClOrdID {cl.decode('latin-1')} of another session")
+            elif sent > 0.0:
+                self.round_trips.append(now - sent)  # first reply: NewOrderSingle -> ExecutionReport
+                self._clordids[(session, cl)] = 0.0
+        if oid is not None and oid != b"NONE" and oid not in self._orderids and cl is not None \
+                and (session, cl) in self._clordids:
+            self._orderids[oid] = (session, now)
+            if len(self._orderids) > self.max_orders:
+                self._orderids.popitem(last=False)
+        return None
+
+    # ---- the leakage index --------------------------------------------------------------------
+    def index(self) -> float:
+        """Leakage-relevant refusals per minute over the sliding window (0 is the target)."""
+        now = self._clock()
+        q = self._recent
+        while q and q[0][0] < now - self.window:
+            q.popleft()
+        return len(q) * 60.0 / self.window
+
+    def expire(self) -> None:
+        """Forget orders older than max_age (called by the proxy's timer, not per message)."""
+        limit = self._clock() - self.max_age
+        while self._orderids:
+            _, (_, t) = next(iter(self._orderids.items()))
+            if t >= limit:
+                break
+            self._orderids.popitem(last=False)
+        while self._clordids:
+            key, t = next(iter(self._clordids.items()))
+            if t == 0.0 or t >= limit:
+                break
+            self._forget(key)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _claim(self, session: str, cl: bytes, now: float) -> None:
+        key = (session, cl)
+        if key not in self._clordids:
+            self._clordids[key] = now
+            self._clordid_sessions.setdefault(cl, set()).add(session)
+            if len(self._clordids) > self.max_orders:
+                self._forget(next(iter(self._clordids)))
+
+    def _forget(self, key: tuple[str, bytes]) -> None:
+        self._clordids.pop(key, None)
+        sessions = self._clordid_sessions.get(key[1])
+        if sessions is not None:
+            sessions.discard(key[0])
+            if not sessions:
+                del self._clordid_sessions[key[1]]
+
+    def _spoofing(self, get: Get, allowed: frozenset[bytes] | None) -> Refusal | None:
+        for tag in (b"115", b"128"):
+            val = get(tag)
+            if val is not None and (allowed is None or val not in allowed):
+                self.spoofing += 1
+                self._recent.append((self._clock(), "spoofing"))
+                return Refusal(Reason.SPOOFING, f"{'OnBehalfOfCompID' if tag == b'115' else 'DeliverToCompID'} "
+                               f"{val.decode('latin-1')} not allowed for this session", int(tag))
+        return None
+
+    def _cross(self, text: str, tag: int) -> Refusal:
+        self.cross_refs += 1
+        self._recent.append((self._clock(), "cross_ref"))
+        return Refusal(Reason.LEAK_CROSS_SESSION_REF, text, tag)
+
+    def _block(self, text: str) -> Refusal:
+        self.blocked += 1
+        self._recent.append((self._clock(), "blocked_delivery"))
+        return Refusal(Reason.LEAK_BLOCKED_DELIVERY, text, 37)
