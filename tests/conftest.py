@@ -24,3 +24,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     """A second, unrelated PKI: same file names and CompIDs, different CA (for unknown-CA tests)."""
     return init_dev_pki(tmp_path_factory.mktemp("foreign_pki"), TEST_COMPIDS)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_broker(tmp_path_factory: pytest.TempPathFactory, pki: DevPki):
+    """A real mosquitto for the whole test session (tests/mosquitto.py): ``.host``, ``.port``
+    (plaintext, anonymous) and ``.tls_port`` (server certificate from ``pki``, client certificate
+    optional but verified against ``pki.ca_cert`` when offered).
+
+    Shared: do not stop or restart it (start your own ``mosquitto.Mosquitto`` for that), and use
+    topics or client ids of your own.
+    """
+    from mosquitto import Mosquitto  # tests/mosquitto.py
+
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), pki=pki).start()
+    yield broker
+    broker.stop()
