@@ -26,7 +26,7 @@ def run_once(mode: ValidationMode, n: int) -> float:
     def validator(p: SessionPolicy):  # the same wiring as fixproxy.proxy
         if p.validation is ValidationMode.OFF:
             return None
-        return lambda mt, fields: dd.validate(mt, fields, mode=p.validation.value)
+        return dd.validator(p.validation.value)
 
     insp = SessionInspector(lambda _m: state, validator=validator)
     ts = utc_timestamp()

@@ -199,6 +199,81 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _timestamp(text: str) -> float:
+    """--from/--to: seconds since the epoch, or ISO 8601 (UTC unless it names an offset)."""
+    from datetime import UTC, datetime
+
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an ISO 8601 time or epoch seconds: {text!r}") from None
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}")
+    return value
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from .audit import AuditError, verify
+
+    try:
+        result = verify(Path(args.dir), Path(args.pubkey) if args.pubkey else None)
+    except AuditError as exc:  # an unusable --pubkey
+        raise CliError(f"audit verify: {exc}", None, EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"audit verify: cannot read the trail: {exc}", args.dir) from None
+    if not result.ok:
+        raise CliError(f"audit verify: {result.error_line()}")
+    print(result.summary())
+    return EXIT_OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    import time
+
+    from .audit import AuditError, AuditVerifyError, export
+
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise CliError("audit export: --to must be later than --from", "see fixproxy audit export --help",
+                       EXIT_USAGE)
+    started = time.perf_counter()
+    try:
+        n = export(Path(args.dir), Path(args.out), session=args.session, start=args.start, end=args.end,
+                   pubkey=Path(args.pubkey) if args.pubkey else None,
+                   decrypt_key=Path(args.decrypt_key) if args.decrypt_key else None)
+    except AuditVerifyError as exc:
+        raise CliError(f"audit export: refused, the trail does not verify: {exc.result.error_line()}") from None
+    except AuditError as exc:
+        raise CliError(f"audit export: {exc}", args.dir) from None
+    except OSError as exc:
+        raise CliError(f"audit export: cannot write {args.out}: {exc.strerror or exc}", args.dir) from None
+    print(f"exported {n} record{'s' if n != 1 else ''} to {args.out} in {time.perf_counter() - started:.3f} s "
+          "(trail verified)")
+    return EXIT_OK
+
+
+def cmd_audit_keygen(args: argparse.Namespace) -> int:
+    from .audit import generate_encryption_key, generate_signing_key
+
+    try:
+        if args.encryption:
+            generate_encryption_key(Path(args.path))
+            print(f"encryption key: {args.path} (32 bytes, AES-256-GCM, mode 0600)")
+        else:
+            pub = generate_signing_key(Path(args.path))
+            print(f"signing key: {args.path} (Ed25519, mode 0600)")
+            print(f"public key: {pub} (keep a copy off this machine: fixproxy audit verify --pubkey)")
+    except FileExistsError as exc:
+        raise CliError(f"audit keygen: {exc.filename} already exists (keys are never overwritten)", None,
+                       EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"audit keygen: cannot write {exc.filename or args.path}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -247,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     block.add_argument("--seconds", type=_positive_float, help="how long (default: auth.block_seconds)")
     ops.add_parser("unblock", help="lift a block").add_argument("address", metavar="ADDRESS")
     ops.add_parser("drill", help="fail over to the next upstream endpoint")
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail",
+                           description="verify and export the tamper-evident audit trail, make its keys")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    c = command("verify", cmd_audit_verify, "check a trail: hashes, sequence, chain, checkpoint signatures, HEAD.json "
+                "(records after the last checkpoint are reported as unsealed, not as an error)", audit_sub)
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--pubkey", metavar="KEY", help="the Ed25519 public key every checkpoint must be signed with "
+                   "(default: the trail's own, which proves consistency but not authorship)")
+    c = command("export", cmd_audit_export, "verify a trail and write the matching records as JSON lines", audit_sub)
+    c.add_argument("dir", metavar="DIR")
+    c.add_argument("--out", required=True, metavar="FILE", help="where to write them (mode 0600)")
+    c.add_argument("--session", metavar="S", help="only records of this session")
+    c.add_argument("--from", dest="start", type=_timestamp, metavar="TIME",
+                   help="from this time (ISO 8601, UTC unless an offset is given, or epoch seconds)")
+    c.add_argument("--to", dest="end", type=_timestamp, metavar="TIME", help="until this time (excluded)")
+    c.add_argument("--pubkey", metavar="KEY", help="as for verify")
+    c.add_argument("--decrypt-key", metavar="KEY", help="the [audit] encryption_key: decrypt stored messages")
+    c = command("keygen", cmd_audit_keygen, "make an Ed25519 signing key (PATH, mode 0600) and PATH.pub", audit_sub)
+    c.add_argument("path", metavar="PATH")
+    c.add_argument("--encryption", action="store_true", help="make a 32-byte AES-256 encryption key instead")
     return p
 
 

@@ -173,6 +173,7 @@ class Message:
     __slots__ = (
         "_fields",
         "_index",
+        "_key",
         "_tags",
         "_values",
         "begin_string",
@@ -192,6 +193,7 @@ class Message:
         self._values: list[bytes] | None = None
         self._fields: list[tuple[bytes, bytes]] | None = None
         self._index: dict[bytes, bytes] | None = None
+        self._key: bytes | None = None  # tags joined by "=", when check_syntax's fast path saw them
 
     def __repr__(self) -> str:
         return f"Message({self.raw.replace(SOH, b'|')!r})"
@@ -232,7 +234,7 @@ class Message:
             self._tags = [t for t, _ in fields]
             self._values = [v for _, v in fields]
 
-    def _split_fast(self, body: bytes, nfields: int) -> list[bytes] | None:
+    def _split_fast(self, body: bytes, nfields: int, data_check: bool = True) -> list[bytes] | None:
         """Split with a few C calls when no value contains '=' or SOH. Returns the tags, or None
         when the body needs the careful path."""
         if body.translate(None, _NOT_SEPARATOR) != b"=\x01" * nfields:
@@ -242,11 +244,16 @@ class Message:
             return None
         parts = body.translate(_SOH_TO_EQ).split(b"=")
         tags = parts[0:-1:2]
-        if not _DATA_LENGTH_SET.isdisjoint(tags):
+        if data_check and not _DATA_LENGTH_SET.isdisjoint(tags):
             return None  # a data field may hold SOH: only the careful path can split it
         self._tags = tags
         self._values = parts[1::2]
         return tags
+
+    @property
+    def tag_key(self) -> bytes | None:
+        """The tags joined by "=" when `check_syntax` took its fast path (a cache key), else None."""
+        return self._key
 
     def index(self) -> dict[bytes, bytes]:
         """tag -> value for the whole message (built once). Hot-path callers bind its ``get``."""
@@ -271,20 +278,27 @@ class Message:
         nfields = body.count(SOH)
         if nfields > limits.max_fields:
             return Refusal(Reason.TOO_MANY_FIELDS, f"Too many fields: {nfields} > {limits.max_fields}")
-        tags = self._split_fast(body, nfields)
-        # All tags valid (digits, no leading zero, <= 5 digits) in one regex pass over "t=t=t";
-        # no empty value; no repeated tag at all (the common case) or no repeated header tag.
-        if (
-            tags is not None
-            and limits.max_tag_digits == 5
-            and _TAG_LIST.fullmatch(b"=".join(tags)) is not None
-            and b"" not in self._values
-        ):  # type: ignore[operator]
-            tagset = set(tags)
-            if len(tagset) == nfields and tagset.isdisjoint(_ENVELOPE_TAGS):
+        tags = self._split_fast(body, nfields, data_check=False)
+        if tags is not None and limits.max_tag_digits == 5 and b"" not in self._values:  # type: ignore[operator]
+            # A session repeats a handful of tag sequences; one that passed every tag-level check
+            # (syntax, data fields, envelope tags, repeats) passes again: one dict lookup.
+            seq = self._key = b"=".join(tags)
+            if seq in _GOOD_TAG_SEQUENCES:
                 return None
-            return _check_single_header(tags)
+            # All tags valid (digits, no leading zero, <= 5 digits) in one regex pass over "t=t=t";
+            # no data field (it may hold SOH: the careful path splits it); no repeated tag at all
+            # (the common case) or no repeated header tag.
+            if _TAG_LIST.fullmatch(seq) is not None and _DATA_LENGTH_SET.isdisjoint(tags):
+                tagset = set(tags)
+                if len(tagset) == nfields and tagset.isdisjoint(_ENVELOPE_TAGS):
+                    _remember_good(seq)
+                    return None
+                refusal = _check_single_header(tags)
+                if refusal is None:
+                    _remember_good(seq)
+                return refusal
         self._tags = self._values = None
+        self._key = None
         return self._check_careful(body, limits)
 
     def _check_careful(self, body: bytes, limits: Limits) -> Refusal | None:
@@ -344,6 +358,18 @@ class Message:
         self._values = [v for _, v in fields]
         self._fields = fields
         return _check_single_header(tags)
+
+
+# Tag sequences ("35=49=56=34=...") known to pass every tag-level check, oldest dropped first.
+# Bounded, so a peer sending endless new shapes costs memory only up to the bound.
+_GOOD_TAG_SEQUENCES: dict[bytes, None] = {}
+_GOOD_TAG_SEQUENCES_MAX = 4096
+
+
+def _remember_good(seq: bytes) -> None:
+    if len(_GOOD_TAG_SEQUENCES) >= _GOOD_TAG_SEQUENCES_MAX:
+        del _GOOD_TAG_SEQUENCES[next(iter(_GOOD_TAG_SEQUENCES))]
+    _GOOD_TAG_SEQUENCES[seq] = None
 
 
 def _check_single_header(tags: list[bytes]) -> Refusal | None:

@@ -32,7 +32,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .audit import FSYNC_POLICIES, AuditConfig
 from .codec import Limits
 from .policy import Action, IdentityBinding, RateLimit, RejectStyle, SessionPolicy, ValidationMode
 from .reasons import Category, Reason
@@ -162,6 +164,7 @@ class ProxyConfig:
     events_jsonl: Path | None = None
     metrics_listen: tuple[str, int] | None = None
     mqtt: MqttConfig | None = None
+    audit: AuditConfig | None = None  # [audit]: the tamper-evident audit trail (fixproxy.audit)
 
 
 # -- schema machinery ------------------------------------------------------------------------------
@@ -692,6 +695,69 @@ def _build_mqtt(d: dict[str, Any], path: str, ctx: _Context) -> MqttConfig:
     return MqttConfig(**d)
 
 
+def _audit_directory(value: Any, path: str, ctx: _Context) -> Path:
+    """The trail's directory: created at start if missing, so its parent must exist now."""
+    p = _path(value, path, ctx)
+    if p.exists() and not p.is_dir():
+        raise _Invalid(path, f"{p} is not a directory")
+    if not p.exists() and not p.parent.is_dir():
+        raise _Invalid(path, f"directory {p.parent} does not exist")
+    return p
+
+
+def _secret_file(p: Path, path: str) -> bytes:
+    """A key file only its owner may read: whoever can read the signing key can forge checkpoints."""
+    data = _read_file(p, path)
+    mode = p.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise _Invalid(path, f"{p} is accessible by group or others (mode {mode:04o}): chmod 600 {p}")
+    return data
+
+
+def _signing_key(value: Any, path: str, ctx: _Context) -> Path:
+    p = _path(value, path, ctx)
+    data = _secret_file(p, path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise _Invalid(path, f"{p} is an encrypted private key; fixproxy needs an unencrypted one") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise _Invalid(path, f"{p} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise _Invalid(path, f"{p} is not an Ed25519 key (make one with `fixproxy audit keygen PATH`)")
+    return p
+
+
+def _encryption_key(value: Any, path: str, ctx: _Context) -> Path:
+    p = _path(value, path, ctx)
+    data = _secret_file(p, path)
+    if len(data) != 32:
+        raise _Invalid(path, f"{p} must hold exactly 32 raw bytes (AES-256), it has {len(data)} "
+                             "(make one with `fixproxy audit keygen --encryption PATH`)")
+    return p
+
+
+# The keys of [audit] are AuditConfig's fields (its defaults are AuditTrail's).
+AUDIT: dict[str, Field] = {
+    "directory": Value(_audit_directory, required=True),
+    "signing_key": Value(_signing_key, required=True),
+    "checkpoint_every": Value(_positive_int),
+    "checkpoint_seconds": Value(_positive_number),
+    "fsync": Value(_choice(FSYNC_POLICIES)),
+    "encryption_key": Value(_encryption_key),
+    "store_messages": Value(_bool),
+    "fail_closed": Value(_bool),
+}
+
+
+def _build_audit(d: dict[str, Any], path: str, ctx: _Context) -> AuditConfig:
+    if "encryption_key" in d and not d.get("store_messages", AuditConfig.store_messages):
+        # Only stored message bytes are encrypted: without them the key would silently do nothing.
+        raise _Invalid(_join(path, "encryption_key"), "only used with store_messages = true (set it, or remove "
+                                                      "the key)")
+    return AuditConfig(**d)
+
+
 IDENTITY: dict[str, Field] = {
     "san_uris": Value(_list_of(_string)),
     "common_names": Value(_list_of(_string)),
@@ -755,6 +821,7 @@ SCHEMA: dict[str, Field] = {
     "events": Table(EVENTS),
     "metrics": Table(METRICS),
     "mqtt": Table(MQTT, build=_build_mqtt),
+    "audit": Table(AUDIT, build=_build_audit),
     "sessions": TableArray(SESSION, build=_build_session, min_items=1, label="name", noun="session"),
 }
 
@@ -830,6 +897,7 @@ def _build(d: dict[str, Any], source: Path, ctx: _Context) -> ProxyConfig:
         events_jsonl=events.get("jsonl"),
         metrics_listen=metrics.get("listen"),
         mqtt=d.get("mqtt"),
+        audit=d.get("audit"),
     )
 
 

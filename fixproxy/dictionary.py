@@ -37,6 +37,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
+from fixproxy.codec import Message
 from fixproxy.reasons import Reason, Refusal
 
 __all__ = ["DEFAULT_MAX_GROUP_COUNT", "MODES", "DataDictionary", "load_for_version"]
@@ -471,6 +472,50 @@ class DataDictionary:
         return self._names.get(tag if isinstance(tag, bytes) else str(tag).encode())
 
     # -- validation ---------------------------------------------------------------------------------
+
+    def validate_split(self, msg_type: bytes, tags: list[bytes], values: list[bytes], key: bytes | None, *,
+                       mode: str = "strict") -> Refusal | None:
+        """`validate` for a message the codec has split: tags and values as parallel lists and,
+        when the codec computed it, `key` = the tags joined by "=" (the plan-cache key). Saves
+        building (tag, value) pairs and the key again on the hot path; same verdicts."""
+        if key is not None and mode != "off":
+            spec = self._messages.get(msg_type)
+            if spec is not None and self.max_plans > 0:
+                plan = spec.plans[mode == "lenient"].get(key)
+                if plan is not None and plan[0] == len(values):
+                    for i, code, arg in plan[1]:
+                        val = values[i]
+                        if code == _C_ENUM:
+                            if val not in arg:
+                                break
+                        elif code == _C_FUNC:
+                            if not arg(val):
+                                break
+                        elif code == _C_FLOAT:
+                            if not val.replace(b".", b"", 1).isdigit() and not (
+                                val[:1] == b"-" and val[1:].replace(b".", b"", 1).isdigit()
+                            ):
+                                break
+                        elif code == _C_UINT:
+                            if not val.isdigit() or (len(val) >= len(arg) and not _fits(val, arg)):
+                                break
+                        elif code == _C_COUNT:
+                            if val != arg:
+                                break
+                        elif not _value_ok(code, arg, val):
+                            break
+                    else:
+                        return None
+        return self.validate(msg_type, list(zip(tags, values, strict=True)), mode=mode)
+
+    def validator(self, mode: str) -> Callable[[Message], Refusal | None]:
+        """The per-message check the session inspector calls (after `Message.check_syntax`)."""
+        validate_split = self.validate_split
+
+        def check(msg: Message) -> Refusal | None:
+            return validate_split(msg.msg_type, msg.tags, msg.values, msg.tag_key, mode=mode)
+
+        return check
 
     def validate(self, msg_type: bytes, fields: list[tuple[bytes, bytes]], *, mode: str = "strict") -> Refusal | None:
         """None if the message obeys the dictionary, else the first violation in field order

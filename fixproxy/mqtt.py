@@ -36,10 +36,10 @@ import json
 import logging
 import random
 import secrets
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
@@ -107,15 +107,16 @@ class MqttPublisher:
                  username: str | None = None, password: str | None = None, client_id: str | None = None,
                  max_buffer: int = 100_000, qos: int = 1, kpi_interval: float = 5.0,
                  kpi_snapshot: Callable[[], dict[str, Any]] | None = None, backoff_initial: float = 0.2,
-                 backoff_max: float = 5.0, window: int = 64, timeout: float = 10.0, keepalive: int = 30) -> None:
+                 backoff_max: float = 5.0, window: int = 64, timeout: float = 10.0, connect_timeout: float = 5.0,
+                 keepalive: int = 30) -> None:
         if not instance or instance.translate(_TOPIC_UNSAFE) != instance:
             raise ValueError(f"instance must be a non-empty MQTT topic level without / + #, got {instance!r}")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
         if max_buffer < 1 or window < 1:
             raise ValueError("max_buffer and window must be at least 1")
-        if not (kpi_interval > 0 and 0 < backoff_initial <= backoff_max and timeout > 0):
-            raise ValueError("kpi_interval, backoff_initial, timeout must be positive, backoff_max >= backoff_initial")
+        if not (kpi_interval > 0 and 0 < backoff_initial <= backoff_max and timeout > 0 and connect_timeout > 0):
+            raise ValueError("kpi_interval, backoff_initial, timeouts must be positive, backoff_max >= backoff_initial")
         self.host = host
         self.port = port
         self.instance = instance
@@ -132,7 +133,10 @@ class MqttPublisher:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.window = window  # publishes in flight at once
-        self.timeout = timeout  # for connect (CONNACK) and each publish (PUBACK)
+        self.timeout = timeout  # for each publish (PUBACK): then the connection is given up
+        # For CONNACK. A broker refusing our certificate after a TLS 1.3 handshake that looked fine
+        # to us (its alert arrives with the first read) is only noticed when this runs out.
+        self.connect_timeout = connect_timeout
         self.keepalive = keepalive
 
         self._buf: deque[SecurityEvent | _Overflow] = deque()
@@ -144,6 +148,7 @@ class MqttPublisher:
         self._published = 0
         self._overflowed = 0
         self._connected = False
+        self._connecting = False  # a connection attempt is under way (stop() waits for its outcome)
         self._connections = 0
         self._last_error: str | None = None
         self._kpis_published = 0
@@ -198,17 +203,20 @@ class MqttPublisher:
         self._wake = asyncio.Event()
         if self._buf:
             self._wake.set()
+        self._connecting = True  # from now: stop() waits for the first attempt's outcome
         self._task = asyncio.create_task(self._run(), name="fixproxy-mqtt")
 
     async def stop(self, drain_timeout: float = 2.0) -> None:
-        """Give a connected publisher up to ``drain_timeout`` seconds to publish what is buffered,
-        then disconnect. What is still buffered is logged as lost."""
+        """Give the publisher up to ``drain_timeout`` seconds to publish what is buffered (unless the
+        broker is known to be unreachable: then at once), then disconnect. What is still buffered is
+        logged as lost."""
         task, self._task = self._task, None
         if task is None:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
-        while self._connected and self._buf and loop.time() < deadline and not task.done():
+        while (self._buf and (self._connected or self._connecting) and loop.time() < deadline
+               and not task.done()):
             await asyncio.sleep(0.01)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -223,14 +231,21 @@ class MqttPublisher:
     async def _run(self) -> None:
         delay = self.backoff_initial
         while True:
+            client: aiomqtt.Client | None = None
+            paho_error = _LastError()
             try:
                 client = aiomqtt.Client(
                     self.host, self.port, identifier=self.client_id, username=self.username,
                     password=self.password, tls_context=self.tls_context, clean_session=True,
-                    timeout=self.timeout, keepalive=self.keepalive, max_inflight_messages=self.window)
+                    timeout=self.connect_timeout, keepalive=self.keepalive, max_inflight_messages=self.window,
+                    logger=paho_error.logger(),
+                    # Small packets, many in flight: without this, Nagle and delayed ACKs cost ~40 ms a round.
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
                 # aiomqtt warns above 10 pending calls; a full window is the normal case here.
                 client.pending_calls_threshold = self.window + 10
+                self._connecting = True
                 async with client:
+                    self._connecting = False
                     self._connected = True
                     self._connections += 1
                     delay = self.backoff_initial
@@ -238,11 +253,15 @@ class MqttPublisher:
                     await self._serve(client)
             except Exception as exc:  # MqttError above all; anything else must not end the task either
                 error = f"{type(exc).__name__}: {exc}"
+                if paho_error.message and paho_error.message not in error:
+                    error += f" ({paho_error.message})"  # e.g. the TLS alert behind a CONNACK timeout
                 if self._connected or self._last_error != error:
                     log.warning("MQTT broker %s:%d: %s; buffering, retrying", self.host, self.port, error)
                 self._last_error = error
             finally:
-                self._connected = False
+                self._connected = self._connecting = False
+                if client is not None:
+                    _forget(client)
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self.backoff_max)
 
@@ -270,33 +289,41 @@ class MqttPublisher:
             pass
 
     async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish the buffer from its head, up to ``window`` in flight (a sliding window: a new
+        publish starts as soon as the oldest completes, which also keeps the broker's ACKs flowing).
+        The head leaves the buffer only once its own publish has completed."""
         buf = self._buf
         wake = self._wake
         assert wake is not None
-        while True:
-            if not buf:
-                wake.clear()
-                await wake.wait()
-                continue
-            window = list(islice(buf, self.window))
-            # Tasks start in creation order, so the packets go out in buffer order.
-            tasks = [asyncio.create_task(client.publish(*self._message(item), qos=self.qos)) for item in window]
-            for t in tasks:
-                t.add_done_callback(_consume)
-            try:
-                for item, task in zip(window, tasks, strict=True):
-                    await task  # PUBACK received (QoS 1): the broker has it
-                    if not buf or buf[0] is not item:  # cannot happen: only this loop pops
-                        raise RuntimeError("MQTT buffer changed under the drain")
-                    buf.popleft()
-                    self._published += 1
-                    if self._gap:
-                        # Room again: the overflow report goes exactly where the gap is.
-                        buf.append(_Overflow(self._gap))
-                        self._gap = 0
-            finally:
-                for t in tasks:
-                    t.cancel()
+        inflight: deque[tuple[SecurityEvent | _Overflow, asyncio.Task[None]]] = deque()
+        try:
+            while True:
+                # Tasks start in creation order, so the packets go out in buffer order. inflight
+                # holds buf[0:len(inflight)]: only this loop removes from the buffer, at its head.
+                while len(inflight) < self.window and len(inflight) < len(buf):
+                    item = buf[len(inflight)]
+                    task = asyncio.create_task(
+                        client.publish(*self._message(item), qos=self.qos, timeout=self.timeout))
+                    task.add_done_callback(_consume)
+                    inflight.append((item, task))
+                if not inflight:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                item, task = inflight[0]
+                await task  # PUBACK received (QoS 1): the broker has it. MqttError: reconnect
+                inflight.popleft()
+                if buf[0] is not item:  # cannot happen: only this loop pops
+                    raise RuntimeError("MQTT buffer changed under the drain")
+                buf.popleft()
+                self._published += 1
+                if self._gap:
+                    # Room again: the overflow report goes exactly where the gap is.
+                    buf.append(_Overflow(self._gap))
+                    self._gap = 0
+        finally:
+            for _, task in inflight:
+                task.cancel()
 
     def _message(self, item: SecurityEvent | _Overflow) -> tuple[str, bytes]:
         if isinstance(item, _Overflow):
@@ -314,7 +341,8 @@ class MqttPublisher:
             except Exception:
                 log.exception("KPI snapshot failed")
             else:
-                await client.publish(self._kpi_topic, payload.encode(), qos=self.qos, retain=True)
+                await client.publish(self._kpi_topic, payload.encode(), qos=self.qos, retain=True,
+                                     timeout=self.timeout)
                 self._kpis_published += 1
             await asyncio.sleep(self.kpi_interval)
 
@@ -323,3 +351,31 @@ def _consume(task: asyncio.Task[Any]) -> None:
     """Retrieve a finished publish's exception: the drain acts on the first failure only."""
     if not task.cancelled():
         task.exception()
+
+
+class _LastError(logging.Handler):
+    """Keeps the last error aiomqtt/paho logged for one connection (say, the TLS alert that made a
+    connect time out), for ``stats["last_error"]``; our own warning reports it, once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.message = record.getMessage()
+
+    def logger(self) -> logging.Logger:
+        lg = logging.Logger("fixproxy.mqtt.client", logging.ERROR)  # not registered: one per connection
+        lg.propagate = False
+        lg.addHandler(self)
+        return lg
+
+
+def _forget(client: aiomqtt.Client) -> None:
+    """aiomqtt 2.x may set an exception on its internal "disconnected" future that nobody awaits
+    when a connection fails before CONNACK, and asyncio then logs "Future exception was never
+    retrieved". Retrieve it (defensively: private attribute)."""
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
+        fut.exception()

@@ -429,13 +429,7 @@ class FixProxy:
             return None
         from .dictionary import load_for_version
 
-        dd = load_for_version(policy.begin_string.encode())
-        mode = policy.validation.value
-
-        def validate(msg_type: bytes, fields: list[tuple[bytes, bytes]]) -> Refusal | None:
-            return dd.validate(msg_type, fields, mode=mode)
-
-        return validate
+        return load_for_version(policy.begin_string.encode()).validator(policy.validation.value)
 
     def _refuse_connection(self, link: Link, refusal: Refusal) -> None:
         source = link.source

@@ -148,7 +148,7 @@ class ReadResult:
 
 
 Authorise = Callable[[Message], "SessionState | Refusal"]
-Validate = Callable[[bytes, list[tuple[bytes, bytes]]], "Refusal | None"]
+Validate = Callable[[Message], "Refusal | None"]  # the data-dictionary check, after check_syntax
 
 
 class Stats:
@@ -319,7 +319,7 @@ class SessionInspector:
         if allowed is not None and mt not in allowed and mt not in SESSION_MSG_TYPES:
             refusal = Refusal(Reason.MSGTYPE_NOT_ALLOWED, f"MsgType {mt.decode()} not allowed", 35)
         elif self._validate is not None:
-            refusal = self._validate(mt, msg.fields)
+            refusal = self._validate(msg)
         guard = self._guard
         if refusal is None and guard is not None:
             if d is INBOUND:
