@@ -13,10 +13,13 @@ passes ``max_file_bytes``), plus ``HEAD.json``. Each line is one record::
   the ``hash`` member: exactly the line's bytes with ``,"hash":"…"`` removed. So any edited byte
   shows as a hash mismatch on that very record, and a record edited *with* its hash recomputed
   breaks the ``prev`` of the next one.
-- Every ``checkpoint_every`` records or ``checkpoint_seconds`` (whichever first, checked in
-  :meth:`AuditTrail.flush`) a ``checkpoint`` record seals the chain: it carries the head (``head_seq``,
-  ``head_hash``: the record before it), the signer's Ed25519 public key (``pubkey``) and an Ed25519
-  signature (``sig``) over both. Forging one needs the private signing key.
+- Every ``checkpoint_every`` records or ``checkpoint_seconds`` since the last checkpoint (whichever
+  first, checked in :meth:`AuditTrail.flush`; a checkpoint follows the flush that reaches the count)
+  a ``checkpoint`` record seals the chain: it carries the head (``head_seq``, ``head_hash``: the
+  record before it), the signer's Ed25519 public key (``pubkey``) and an Ed25519 signature
+  (``sig``) over its seq, time, head and key. Forging one needs the private signing key.
+- Each time a trail is opened it writes ``audit.opened`` (pid, settings, key) and seals it with a
+  checkpoint at once; :meth:`AuditTrail.close` seals whatever is left.
 - ``HEAD.json`` holds a copy of the latest checkpoint, replaced atomically after the checkpoint is on
   disk. If the files are cut below that checkpoint, :func:`verify` says so. The same checkpoint goes
   to ``on_checkpoint`` (the proxy publishes it as an event) so that a copy lives off the box.
@@ -24,7 +27,9 @@ passes ``max_file_bytes``), plus ``HEAD.json``. Each line is one record::
 Records after the last checkpoint are **unsealed**: they are chained and hash-checked, but anyone
 who can write the files could cut them off, or rewrite them consistently, without a trace until the
 next checkpoint seals them. ``verify`` reports their number and does not call it an error;
-``checkpoint_seconds`` bounds how long a record stays unsealed (while ``flush`` is called).
+``checkpoint_seconds`` bounds how long a record stays unsealed (while ``flush`` is called). Nor is
+an incomplete last line (no newline) at the very end of the trail an error: it is a write in
+progress when verifying a live trail, or a write torn by a crash; it is reported, not counted.
 
 What verify proves: without ``pubkey`` it checks the trail against the key embedded in its first
 checkpoint (internal consistency: someone who rewrites the whole trail and re-signs it with a key
@@ -32,6 +37,12 @@ of their own is not caught); with ``pubkey`` (kept apart from the box) every che
 signed by that key. One trail directory is signed by one key; a new key means a new directory.
 A trail rolled back completely (files and HEAD.json replaced by an older, genuine state) can only
 be detected against the off-box copy of the latest checkpoint.
+
+A ``messages`` record (one socket read) carries ``session``, ``direction``, ``received_at``,
+``count``, ``sha256`` (over the read's message bytes, concatenated) and ``messages``: one array per
+message, ``[msg_seq_num, msg_type, length, outcome, reason, sha256]`` (:data:`MESSAGE_COLUMNS`;
+arrays rather than objects halve the cost of writing them). With ``store_messages`` it also carries
+the bytes: ``data`` (base64) or, encrypted, ``enc``; ``length`` splits them into messages.
 
 The FIX path
 ------------
@@ -82,6 +93,7 @@ HEAD_FILE = "HEAD.json"
 LOCK_FILE = ".lock"
 CHECKPOINT = "checkpoint"  # kind of the signed checkpoint records (written by the trail only)
 MESSAGES = "messages"  # kind of the records append_messages writes
+MESSAGE_COLUMNS = ("msg_seq_num", "msg_type", "length", "outcome", "reason", "sha256")  # a messages entry
 RESERVED_FIELDS = frozenset({"seq", "time", "kind", "prev", "hash"})
 _FILE_NAME = re.compile(r"audit-(\d{6,})\.jsonl")
 _LINE = re.compile(rb'(\{.*),"hash":"([0-9a-f]{64})"\}\n', re.S)
@@ -476,10 +488,8 @@ class AuditTrail:
         messages = []
         for msg_seq_num, msg_type, raw, outcome, reason in items:
             whole.update(raw)
-            messages.append({"msg_seq_num": msg_seq_num,
-                             "msg_type": msg_type.decode("latin-1") if isinstance(msg_type, bytes) else msg_type,
-                             "length": len(raw), "outcome": outcome, "reason": reason,
-                             "sha256": sha256(raw).hexdigest()})
+            messages.append((msg_seq_num, msg_type.decode("latin-1") if isinstance(msg_type, bytes) else msg_type,
+                             len(raw), outcome, reason, sha256(raw).hexdigest()))
         rec = {"seq": seq, "time": t, "kind": MESSAGES, "session": session, "direction": direction,
                "received_at": received_at, "count": len(messages), "sha256": whole.hexdigest(),
                "messages": messages}
@@ -799,10 +809,15 @@ class VerifyResult:
     problem: str | None = None
     files: int = 0
     last_seq: int = 0
+    # The last file ends in a line without its newline: a write in progress (verifying a live
+    # trail) or torn by a crash (open_or_resume cuts it). Not counted, and not an error: only the
+    # last write can be incomplete, and it was unsealed anyway.
+    incomplete_tail: bool = False
 
     def summary(self) -> str:
+        tail = ", and an incomplete last line (being written, or torn by a crash)" if self.incomplete_tail else ""
         return (f"ok: {self.records} records, {self.checkpoints} checkpoints, last checkpoint seq "
-                f"{self.last_checkpoint_seq}, {self.unsealed} unsealed")
+                f"{self.last_checkpoint_seq}, {self.unsealed} unsealed{tail}")
 
     def error_line(self) -> str:
         if self.first_bad is None:
@@ -849,6 +864,7 @@ def _scan(directory: Path, pubkey: Ed25519PublicKey | Path | None,
     trail_key: Ed25519PublicKey | None = pubkey if isinstance(pubkey, Ed25519PublicKey) else None
     first_cp_seq = 0
     position = ("", 0)
+    incomplete_tail = False
     try:
         if isinstance(head, str):
             raise _Stop(HEAD_FILE, 1, 0, f"HEAD.json {head}")
@@ -860,6 +876,10 @@ def _scan(directory: Path, pubkey: Ed25519PublicKey | Path | None,
                     position = (path.name, lineno)
                     parsed = _parse_line(raw)
                     if isinstance(parsed, str):
+                        if not raw.endswith(b"\n") and n == len(files) - 1:
+                            incomplete_tail = True
+                            position = (path.name, lineno - 1)
+                            break
                         raise _Stop(path.name, lineno, expected, parsed)
                     rec, digest = parsed
                     seq = rec["seq"]
@@ -920,7 +940,8 @@ def _scan(directory: Path, pubkey: Ed25519PublicKey | Path | None,
     except _Stop as stop:
         return VerifyResult(False, expected - 1, checkpoints, last_cp, 0, stop.bad, stop.problem, len(files),
                             expected - 1)
-    return VerifyResult(True, last_seq, checkpoints, last_cp, last_seq - last_cp, None, None, len(files), last_seq)
+    return VerifyResult(True, last_seq, checkpoints, last_cp, last_seq - last_cp, None, None, len(files), last_seq,
+                        incomplete_tail)
 
 
 def verify(directory: Path, pubkey: Path | Ed25519PublicKey | None = None) -> VerifyResult:
@@ -942,23 +963,29 @@ def export(directory: Path, out: Path, *, session: str | None = None, start: flo
     aead = AESGCM(load_encryption_key(decrypt_key)) if decrypt_key is not None else None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     count = 0
+    undecryptable: AuditError | None = None  # raised once the trail is known to verify
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
 
             def visit(raw: bytes, rec: dict[str, Any]) -> None:
-                nonlocal count
+                nonlocal count, undecryptable
                 if session is not None and rec.get("session") != session:
                     return
                 if (start is not None and rec["time"] < start) or (end is not None and rec["time"] >= end):
                     return
                 if aead is not None and isinstance(rec.get("enc"), dict):
-                    raw = _decrypted(aead, raw, rec)
+                    try:
+                        raw = _decrypted(aead, raw, rec)
+                    except AuditError as exc:
+                        undecryptable = undecryptable or exc
                 f.write(raw)
                 count += 1
 
             result = _scan(directory, pubkey, visit)
             if not result.ok:
                 raise AuditVerifyError(result)
+            if undecryptable is not None:
+                raise undecryptable
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
