@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import random
@@ -66,7 +67,7 @@ def kpi_topic(instance: str) -> str:
     return f"{TOPIC_ROOT}/{instance}/kpis"
 
 
-def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+def tls_context_from_config(cfg: MqttConfig) -> ssl.SSLContext:
     """The client context for ``[mqtt] tls = true``: the broker's certificate must chain to ``ca``
     (only that CA is trusted) and name ``host``; ``cert``/``key`` are presented if given. TLS 1.2
     (ECDHE + AEAD only) is accepted, for brokers without TLS 1.3."""
@@ -83,8 +84,8 @@ class _Overflow:
         self.count = count
         self.event = SecurityEvent(
             None, Outcome.INFO,
-            f"{count} security event(s) did not fit the MQTT buffer while the broker was unreachable "
-            f"(counted, not published; the JSON-lines file has them)",
+            f"{count} security event(s) not published to MQTT: the buffer was full while the broker "
+            f"was unreachable",
             session=None, kind=OVERFLOW_KIND)
 
     def payload(self) -> bytes:
@@ -101,6 +102,10 @@ class MqttPublisher:
     ``connected``, ``reconnects`` (successful connections after the first), ``last_error`` (the last
     connection or publish error, kept after reconnecting; None if there never was one),
     ``kpis_published``.
+
+    ``qos=1`` (the default) gives the at-least-once delivery described above; with ``qos=0`` a
+    publish counts as done once written to the socket, so what is in flight when the connection
+    breaks is lost.
     """
 
     def __init__(self, host: str, port: int, instance: str, *, tls_context: ssl.SSLContext | None = None,
@@ -157,7 +162,7 @@ class MqttPublisher:
     def from_config(cls, cfg: MqttConfig, instance: str, *,
                     kpi_snapshot: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> MqttPublisher:
         """The publisher an ``[mqtt]`` table describes (``instance``: ``[proxy] instance``)."""
-        return cls(cfg.host, cfg.port, instance, tls_context=tls_context(cfg) if cfg.tls else None,
+        return cls(cfg.host, cfg.port, instance, tls_context=tls_context_from_config(cfg) if cfg.tls else None,
                    username=cfg.username, password=cfg.password, client_id=cfg.client_id,
                    max_buffer=cfg.max_buffer, kpi_interval=cfg.kpi_interval, kpi_snapshot=kpi_snapshot, **kwargs)
 
@@ -200,6 +205,9 @@ class MqttPublisher:
     async def start(self) -> None:
         if self._task is not None:
             return
+        if self.tls_context is None and not _is_loopback(self.host):
+            log.warning("MQTT to %s:%d without TLS: security events%s travel in clear", self.host, self.port,
+                        " and the broker password" if self.password else "")
         self._wake = asyncio.Event()
         if self._buf:
             self._wake.set()
@@ -221,7 +229,7 @@ class MqttPublisher:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        self._connected = False
+        self._connected = self._connecting = False
         if self._buf or self._gap:
             log.warning("MQTT publisher stopped with %d event(s) unpublished (%d more overflowed unreported)",
                         sum(1 for i in self._buf if isinstance(i, SecurityEvent)), self._gap)
@@ -345,6 +353,13 @@ class MqttPublisher:
                                      timeout=self.timeout)
                 self._kpis_published += 1
             await asyncio.sleep(self.kpi_interval)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
