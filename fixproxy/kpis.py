@@ -182,6 +182,17 @@ class KpiCollector(Collector):
             buckets.append(("+Inf", acc))
             h.add_metric([direction, mt.decode("latin-1")], buckets, row[-1])
         yield h
+        h = HistogramMetricFamily(m.ORDER_ROUND_TRIP, "Order round trip: NewOrderSingle to its first "
+                                  "ExecutionReport, per ClOrdID")
+        row = list(p.leak_guard.round_trips)  # bucket counts, +Inf, sum
+        acc = 0.0
+        buckets = []
+        for bound, count in zip(_BUCKETS, row[:len(_BUCKETS)], strict=True):
+            acc += count
+            buckets.append((repr(bound), acc))
+        buckets.append(("+Inf", acc + row[len(_BUCKETS)]))
+        h.add_metric([], buckets, row[-1])
+        yield h
         anomalies = CounterMetricFamily(m.LATENCY_ANOMALIES, "Latency anomalies (mean + k·sigma for n in a row)",
                                         labels=["session"])
         for name, det in sorted(p.anomaly.items()):

@@ -18,9 +18,11 @@ assigned by the ATS and keyed alone. Memory is bounded by count and age (oldest 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from .metrics import LATENCY_BUCKETS
 from .reasons import Reason, Refusal
 
 _ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
@@ -31,17 +33,22 @@ Get = Callable[[bytes], "bytes | None"]
 
 class LeakGuard:
     def __init__(self, *, max_orders: int = 1_000_000, max_age: float = 86_400.0, window: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
+        # `clock` must be the clock of the `now` the callers pass (SessionInspector's: wall time),
+        # since expire() compares the two.
         self.max_orders = max_orders
         self.max_age = max_age
         self.window = window
         self._clock = clock
-        # (session, ClOrdID) -> time the order was sent, for round trips and ownership
+        # (session, ClOrdID) -> time the order was sent, for round trips and ownership; negated once
+        # its first reply has been seen (the round trip is recorded once, the age is kept for expiry)
         self._clordids: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self._clordid_sessions: dict[bytes, set[str]] = {}
         self._orderids: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._recent: deque[tuple[float, str]] = deque()  # (time, kind) for the leakage index
-        self.round_trips: list[float] = []  # drained by the metrics collector
+        # NewOrderSingle -> first ExecutionReport: counts per LATENCY_BUCKETS bucket, then +Inf, then
+        # the sum (constant memory; exported by the metrics collector)
+        self.round_trips: list[float] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         self.blocked = 0
         self.cross_refs = 0
         self.spoofing = 0
@@ -63,7 +70,10 @@ class LeakGuard:
                 owner = self._orderids.get(oid)
                 if owner is not None and owner[0] != session:
                     return self._cross(f"OrderID {oid.decode('latin-1')} belongs to another session", 37)
-            for tag in (b"41", b"11"):
+            # The order a request names: OrigClOrdID for a cancel/replace (its own ClOrdID is a
+            # new identifier, which may equal another session's as a NewOrderSingle's may), the
+            # ClOrdID for a status request.
+            for tag in (b"11",) if msg_type == b"H" else (b"41",):
                 ref = get(tag)
                 if ref is None:
                     continue
@@ -94,8 +104,10 @@ class LeakGuard:
                 if others and session not in others:
                     return self._block(f"ClOrdID {cl.decode('latin-1')} of another session")
             elif sent > 0.0:
-                self.round_trips.append(now - sent)  # first reply: NewOrderSingle -> ExecutionReport
-                self._clordids[(session, cl)] = 0.0
+                rt = now - sent  # first reply: NewOrderSingle -> ExecutionReport
+                self.round_trips[bisect_left(LATENCY_BUCKETS, rt)] += 1
+                self.round_trips[-1] += rt
+                self._clordids[(session, cl)] = -sent
         if oid is not None and oid != b"NONE" and oid not in self._orderids and cl is not None \
                 and (session, cl) in self._clordids:
             self._orderids[oid] = (session, now)
@@ -104,6 +116,11 @@ class LeakGuard:
         return None
 
     # ---- the leakage index --------------------------------------------------------------------
+    def outside_allow_list(self) -> None:
+        """Access from an address outside a session's allow-list (refused at Logon by the
+        authoriser, not here): part of the index too."""
+        self._recent.append((self._clock(), "source_not_allowed"))
+
     def index(self) -> float:
         """Leakage-relevant refusals per minute over the sliding window (0 is the target)."""
         now = self._clock()
@@ -122,7 +139,7 @@ class LeakGuard:
             self._orderids.popitem(last=False)
         while self._clordids:
             key, t = next(iter(self._clordids.items()))
-            if t == 0.0 or t >= limit:
+            if abs(t) >= limit:
                 break
             self._forget(key)
 

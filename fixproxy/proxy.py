@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from .recorder import Recorder
 
 log = logging.getLogger("fixproxy")
+_SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
+                               m.ENCRYPTION_COVERAGE, m.SESSION_UP, m.AUDIT_IN_FLIGHT, m.LATENCY_ANOMALIES,
+                               m.HOSTILE_BLOCKED_RATIO, m.LEGITIMATE_DELIVERED_RATIO})
 _CONTAINED = frozenset({Outcome.REFUSED, Outcome.DISCONNECTED, Outcome.CONNECTION_REFUSED, Outcome.DROPPED})
 perf = time.perf_counter
 
@@ -56,6 +59,7 @@ class Link:
     __slots__ = (
         "ats",
         "closing",
+        "early",
         "inspector",
         "last_read",
         "logged_on_at",
@@ -76,6 +80,7 @@ class Link:
         self.peer: Peer | None = None
         self.inspector: SessionInspector | None = None
         self.pending: list[bytes] | None = None  # bytes for the ATS while its leg is being opened
+        self.early: list[bytes] | None = None  # bytes read before the inspector was installed
         self.closing = False
         self.opened = perf()
         self.last_read = self.opened
@@ -88,7 +93,14 @@ class Link:
         self.last_read = now
         insp = self.inspector
         if insp is None:
-            return  # not logged on through TLS yet: nothing to inspect with
+            # Read before _accept installed the inspector: a peer may write right after connecting
+            # (or right after its TLS Finished), before the accepting coroutine resumes. Kept, and
+            # fed to the inspector once it exists; reading pauses meanwhile, so this stays one read.
+            if self.early is None:
+                self.early = []
+                self.oms.pause()
+            self.early.append(data)
+            return
         self.proxy.bytes_by_leg["oms"] += len(data)
         self.apply(insp.from_initiator(data, now), now, "inbound")
 
@@ -114,10 +126,12 @@ class Link:
                 if self.proxy.failover.pending_since is not None:
                     self.proxy.recovered()
         proxy = self.proxy
-        if res.forwarded_types:
+        if proxy.audit is not None and (res.forwarded or res.refused):
+            proxy.audit_read(self, direction, received_at, res)
+        if res.forwarded:
             # Every message of a read shares one latency: last byte read -> written to the other leg.
             latency = perf() - received_at
-            proxy.latency.observe(direction, latency, res.forwarded_types)
+            proxy.latency.observe(direction, latency, [msg.msg_type for msg in res.forwarded])
             insp = self.inspector
             if insp is not None and insp.state is not None:
                 name = insp.state.policy.name
@@ -153,6 +167,8 @@ class Link:
         pending, self.pending = self.pending or [], None
         if pending:
             ats.write(pending)
+            if proxy.failover.pending_since is not None:
+                proxy.recovered()  # the Logon is the first message delivered to the new endpoint
         self.oms.resume()
 
     def close(self, refusal: Refusal | None = None, *, event: bool = False) -> None:
@@ -299,7 +315,101 @@ class FixProxy:
         self.connections_refused = 0
         self.bytes_by_leg: dict[str, int] = {"oms": 0, "ats": 0}
         self.certificates = _certificate_dates(config)
+        self.m_admin_refused = Counter(m.ADMIN_REFUSED, "Admin operations refused", ["operation"], registry=r)
+        self.m_admin_unlogged = Counter(m.ADMIN_UNLOGGED, "Admin operations whose audit record failed", registry=r)
+        self.m_audit_records = Counter(m.AUDIT_RECORDS, "Audit records written", registry=r)
         r.register(KpiCollector(self))
+        self.audit: Any = None
+        self.audit_down = False
+        self.mqtt: Any = None
+
+    # ---- audit trail and MQTT (off the FIX path: per-read records, flushed by a task) ------------
+    def _open_audit(self, config: ProxyConfig) -> None:
+        self.audit = None
+        if config.audit is None:
+            return
+
+        def on_checkpoint(cp: dict[str, Any]) -> None:
+            # A copy of every checkpoint leaves the box as an event (MQTT / events file).
+            self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Audit checkpoint {cp.get('head_seq')} "
+                                                f"{cp.get('head_hash')}", session=None, kind="audit.checkpoint")])
+
+        self.audit = config.audit.open_trail(on_checkpoint=on_checkpoint)
+        self.recorder.add_sink(self.audit.record_events)
+
+    def audit_read(self, link: Link, direction: str, received_at: float, res: ReadResult) -> None:
+        """One audit record per read: every message's metadata; digests are computed at flush."""
+        insp = link.inspector
+        session = insp.session_name if insp is not None and insp.session_name else link.source
+        items: list[tuple[int | None, bytes, bytes, str, str | None]] = []
+        for msg in res.forwarded:
+            seq = msg.get(b"34")
+            items.append((int(seq) if seq is not None and seq.isdigit() else None, msg.msg_type, msg.raw,
+                          "forwarded", None))
+        for msg, ev in res.refused:
+            items.append((ev.msg_seq_num, msg.msg_type, msg.raw, ev.outcome.value,
+                          ev.reason.value if ev.reason else None))
+        assert self.audit is not None
+        self.audit.append_messages(session, direction, received_at, items)
+
+    def audit_admin(self, operation: str, operator: dict[str, Any], outcome: str, detail: str) -> None:
+        """The admin channel's audit hook: metric, event and audit record for every operation."""
+        self.m_admin.labels(operation, outcome).inc()
+        if outcome == "refused":
+            self.m_admin_refused.labels(operation).inc()
+        self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"{operation} by uid {operator.get('uid')} "
+                                            f"({operator.get('user')}): {outcome} {detail}".strip(),
+                                            session=None, kind=f"admin.{outcome}")])
+        if self.audit is not None:
+            try:
+                self.audit.append("admin", operation=operation, operator=operator, outcome=outcome, detail=detail)
+            except Exception:
+                self.m_admin_unlogged.inc()
+                log.exception("admin operation not audited")
+
+    async def _audit_flusher(self) -> None:
+        """Flush the audit trail in batches; when it cannot be written, fail closed (or not)."""
+        while True:
+            await asyncio.sleep(0.05)
+            audit = self.audit
+            if audit is None:
+                continue
+            before = audit.written
+            audit.flush()
+            self.m_audit_records.inc(max(0, audit.written - before))
+            down = audit.error is not None
+            fail_closed = down and self.config.audit is not None and self.config.audit.fail_closed
+            if fail_closed != self.audit_down:
+                self.audit_down = fail_closed
+                for link in list(self.links):
+                    if link.inspector is not None:
+                        link.inspector.refuse_orders = (
+                            Refusal(Reason.AUDIT_UNAVAILABLE, "Audit trail unavailable: orders refused")
+                            if fail_closed else None)
+                self.recorder.submit([SecurityEvent(
+                    Reason.AUDIT_UNAVAILABLE if fail_closed else None, Outcome.INFO,
+                    f"Audit trail {'unavailable: ' + str(audit.error) if fail_closed else 'writable again'}",
+                    session=None, kind="audit.unavailable" if fail_closed else "audit.available")])
+
+    async def _start_mqtt(self, config: ProxyConfig) -> None:
+        self.mqtt = None
+        if config.mqtt is None:
+            return
+        from .mqtt import MqttPublisher
+
+        self.mqtt = MqttPublisher.from_config(config.mqtt, config.instance, kpi_snapshot=self.kpi_snapshot)
+        self.recorder.add_sink(self.mqtt.sink)
+        await self.mqtt.start()
+
+    def kpi_snapshot(self) -> dict[str, Any]:
+        """A few headline KPIs for the MQTT snapshot topic (the full set is on /metrics)."""
+        out: dict[str, Any] = {"instance": self.config.instance, "time": time.time()}
+        for metric in self.registry.collect():
+            if metric.name in _SNAPSHOT_METRICS:
+                out[metric.name] = {
+                    ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) or "value": sample.value
+                    for sample in metric.samples if not sample.name.endswith(("_created", "_bucket"))}
+        return out
 
     def new_anomaly_detector(self) -> AnomalyDetector:
         a = self.config.anomaly
@@ -325,10 +435,15 @@ class FixProxy:
         if self.config.upstream.insecure:
             log.warning("ATS leg is plaintext (upstream.insecure = true)")
         await self.recorder.start()
+        self._open_audit(self.config)
+        await self._start_mqtt(self.config)
         host, port = self.config.listen
         self.listener = _listen(host, port)
         self.spawn(self._accept_loop(loop))
         self.spawn(self._timers())
+        self.spawn(self._audit_flusher())
+        if self.audit is not None:
+            self.audit.append("config.loaded", source=str(self.config.source_path), sessions=len(self.config.sessions))
         log.info("fixproxy listening on %s:%d", host, self.port)
 
     @property
@@ -359,7 +474,11 @@ class FixProxy:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await self.recorder.stop()
+        await self.recorder.stop()  # last events reach the audit sink before it closes
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self.audit is not None:
+            self.audit.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -411,6 +530,10 @@ class FixProxy:
                              fingerprint=ident.fingerprint_sha256 if ident else "")
         link.inspector = self._inspector(link)
         self.m_connections.labels("oms", "accepted").inc()
+        early, link.early = link.early, None
+        if early:
+            link.oms.resume()
+            link.from_oms(b"".join(early))
 
     def _inspector(self, link: Link) -> SessionInspector:
         peer = link.peer
@@ -419,8 +542,11 @@ class FixProxy:
         def authorise(msg: Any) -> Any:
             return self.authoriser.authorise(msg, peer)
 
-        return SessionInspector(authorise, source=link.source, limits=self.config.limits,
+        insp = SessionInspector(authorise, source=link.source, limits=self.config.limits,
                                 validator=self._validator, leak_guard=self.leak_guard)
+        if self.audit_down:
+            insp.refuse_orders = Refusal(Reason.AUDIT_UNAVAILABLE, "Audit trail unavailable: orders refused")
+        return insp
 
     def _validator(self, policy: SessionPolicy) -> Any:
         from .policy import ValidationMode
@@ -474,6 +600,8 @@ class FixProxy:
         for ev in events:
             if ev.outcome is Outcome.CONNECTION_REFUSED:
                 src = ev.source or "?"
+                if ev.reason is Reason.SOURCE_NOT_ALLOWED:
+                    self.leak_guard.outside_allow_list()
                 self.m_logons_refused.labels(src, (ev.session or "?").split("->")[0],
                                              ev.reason.value if ev.reason else "").inc()
                 if ev.reason is not None and self.guard.failure(src):
@@ -575,10 +703,13 @@ class FixProxy:
             self._build_contexts(config)
         except Exception as exc:
             self.m_reloads.labels("refused").inc()
+            if self.audit is not None:
+                self.audit.append("config.reload", outcome="refused", detail=str(exc)[:500])
             self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Reload refused: {exc}", session=None,
                                                 kind="config.reload_failed")])
             raise
         self.config = config
+        self.certificates = _certificate_dates(config)  # rotated certificates: their own dates
         self.authoriser.update(config.sessions, config.bindings)
         closed = []
         for link in list(self.links):
@@ -600,6 +731,8 @@ class FixProxy:
             closed.append(insp.session_name)
             link.close(refusal, event=True)
         self.m_reloads.labels("ok").inc()
+        if self.audit is not None:
+            self.audit.append("config.reload", outcome="ok", closed=closed, sessions=len(config.sessions))
         self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Configuration reloaded; closed {closed}",
                                             session=None, kind="config.reload")])
         return {"sessions": len(config.sessions), "closed": closed}
@@ -717,12 +850,8 @@ async def serve(config: ProxyConfig) -> None:
     if config.admin is not None:
         from .admin import start_admin_server
 
-        def audit(operation: str, operator: dict[str, Any], outcome: str, detail: str) -> None:
-            proxy.m_admin.labels(operation, outcome).inc()
-            proxy.recorder.submit([SecurityEvent(None, Outcome.INFO, f"{operation} by {operator}: {outcome} {detail}",
-                                                 session=None, kind=f"admin.{outcome}")])
-
-        admin_server = await start_admin_server(config.admin.socket, proxy, config.admin.allowed_uids, audit)
+        admin_server = await start_admin_server(config.admin.socket, proxy, config.admin.allowed_uids,
+                                                 proxy.audit_admin)
     if config.metrics_listen is not None:
         from prometheus_client import start_http_server
 

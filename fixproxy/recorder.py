@@ -146,4 +146,5 @@ class Recorder:
 
 _POISONING_CATEGORIES = frozenset({Category.FRAMING, Category.SYNTAX, Category.DICTIONARY, Category.SESSION})
 _POISONING_REASONS = frozenset({Reason.MSGTYPE_NOT_ALLOWED})
-_LEAKAGE_REASONS = frozenset({Reason.LEAK_CROSS_SESSION_REF, Reason.LEAK_BLOCKED_DELIVERY, Reason.SPOOFING})
+_LEAKAGE_REASONS = frozenset({Reason.LEAK_CROSS_SESSION_REF, Reason.LEAK_BLOCKED_DELIVERY, Reason.SPOOFING,
+                              Reason.SOURCE_NOT_ALLOWED})  # the catalogue's leakage index counts all four

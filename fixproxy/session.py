@@ -133,12 +133,15 @@ class SessionState:
 class ReadResult:
     """What one read produced. Lists are appended in order; the I/O layer writes them."""
 
-    __slots__ = ("close", "events", "forwarded_types", "logon", "to_acceptor", "to_initiator")
+    __slots__ = ("close", "events", "forwarded", "logon", "refused", "to_acceptor", "to_initiator")
 
     def __init__(self) -> None:
         self.to_acceptor: list[bytes] = []
         self.to_initiator: list[bytes] = []
-        self.forwarded_types: list[bytes] = []  # MsgType of each forwarded message, for latency by type
+        # The messages of this read by fate (references, no copies): latency by MsgType and the
+        # audit record of the read are built from them, off the per-message path.
+        self.forwarded: list[Message] = []
+        self.refused: list[tuple[Message, SecurityEvent]] = []
         self.events: list[SecurityEvent] = []
         self.close: Refusal | None = None  # close both legs after writing what is here
         self.logon: SessionState | None = None  # Logon accepted: connect the ATS leg, then write
@@ -182,6 +185,8 @@ class SessionInspector:
         self._authorise = authorise
         self._guard = leak_guard
         self._on_behalf: frozenset[bytes] | None = None
+        # Set by the proxy while the audit trail cannot be written and policy is fail-closed.
+        self.refuse_orders: Refusal | None = None
         self._validator_for = validator
         self._validate: Validate | None = None
         self._clock = clock
@@ -287,6 +292,7 @@ class SessionInspector:
                                 direction=d)
                 _fill(ev, msg, seq, received_at)
                 res.events.append(ev)
+                res.refused.append((msg, ev))
                 return
         elif seq < nxt and not (mt == b"4" and get(b"123") != b"Y") and not (mt == b"A" and get(b"141") == b"Y"):
             self._disconnect(d, msg, Refusal(
@@ -320,6 +326,8 @@ class SessionInspector:
             refusal = Refusal(Reason.MSGTYPE_NOT_ALLOWED, f"MsgType {mt.decode()} not allowed", 35)
         elif self._validate is not None:
             refusal = self._validate(msg)
+        if refusal is None and self.refuse_orders is not None and d is INBOUND and mt in ORDER_MSG_TYPES:
+            refusal = self.refuse_orders
         guard = self._guard
         if refusal is None and guard is not None:
             if d is INBOUND:
@@ -404,7 +412,7 @@ class SessionInspector:
         tr = state.translators[d]
         other = state.translators[OUTBOUND if d is INBOUND else INBOUND]
         out = res.to_acceptor if d is INBOUND else res.to_initiator
-        res.forwarded_types.append(msg.msg_type)
+        res.forwarded.append(msg)
         if not tr.bounds and not other.bounds:
             out.append(msg.raw)  # the common case: byte-exact
             return
@@ -531,6 +539,7 @@ class SessionInspector:
         ev = self.event(refusal.reason, Outcome.REFUSED, refusal.text, direction=d)
         _fill(ev, msg, seq, received_at)
         res.events.append(ev)
+        res.refused.append((msg, ev))
 
     def _gap_fill(self, d: Direction, msg: Message, seq: int, possdup: bool, res: ReadResult,
                   now: float) -> None:
@@ -588,6 +597,7 @@ class SessionInspector:
         ev = self.event(refusal.reason, Outcome.DISCONNECTED, refusal.text, direction=d)
         if msg is not None:
             _fill(ev, msg, _find_field(msg, b"34"), received_at)
+            res.refused.append((msg, ev))
         res.events.append(ev)
         res.close = refusal
 
@@ -601,6 +611,7 @@ class SessionInspector:
         _fill(ev, msg, _find_field(msg, b"34"), received_at)
         ev.session = f"{_s(_find_field(msg, b'49'))}->{_s(_find_field(msg, b'56'))}"
         res.events.append(ev)
+        res.refused.append((msg, ev))
         res.close = refusal
 
 
