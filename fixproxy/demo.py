@@ -232,8 +232,10 @@ class Stack:
         self.compids = compids
         self.begin_string = begin_string
         self.heartbeat = heartbeat
-        self.pki = init_dev_pki(self.workdir / "certs", [*compids, "OMS2"] if "OMS2" not in compids else compids)
         self.sessions = sessions or {c: {"begin_string": begin_string} for c in compids}
+        # A certificate for every session's CompID, and for OMS2 (the usual wrong-certificate peer).
+        names = dict.fromkeys([*compids, *self.sessions, "OMS2"])
+        self.pki = init_dev_pki(self.workdir / "certs", list(names))
         self.config_kw = config_kw
         self.ats: list[MatchingEngine | ChildMatchingEngine] = []  # [0] in-process, standbys not
         self.ats_bridges: list[TlsBridge] = []
