@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import tls as tlsmod
+from .audit import generate_signing_key, verify
 from .certs import DevPki, init_dev_pki
 from .config import ProxyConfig, parse_config
 from .engines import EngineConfig, MatchingEngine, OrderEntry, free_port
@@ -362,8 +363,18 @@ def run_demo(workdir: Path, orders: int = 20) -> int:
         shutil.rmtree(workdir)
     t0 = time.monotonic()
     print(f"fixproxy demo: working in {workdir}")
+    workdir.mkdir(parents=True)
+    generate_signing_key(workdir / "audit-signing.pem")
+    (workdir / "audit").mkdir()
+    audit = f"""
+[audit]
+directory = "{workdir / 'audit'}"
+signing_key = "{workdir / 'audit-signing.pem'}"
+checkpoint_seconds = 1.0
+"""
     stack = Stack(
-        workdir, ["OMS1"], sessions={"OMS1": {}, "OMS2": {"rate": 200.0, "burst": 50, "disconnect_after": 300}}
+        workdir, ["OMS1"], sessions={"OMS1": {}, "OMS2": {"rate": 200.0, "burst": 50, "disconnect_after": 300}},
+        extra=audit,
     )
     with stack:
         assert stack.proxy is not None and stack.proxy.proxy is not None
@@ -432,6 +443,10 @@ def run_demo(workdir: Path, orders: int = 20) -> int:
         for k, v in sorted(refused.items()):
             print(f"    {k} = {v}")
         print(f"  events file: {workdir / 'events.jsonl'}")
+    result = verify(workdir / "audit", workdir / "audit-signing.pem.pub")
+    print(f"  audit trail {workdir / 'audit'}: {'verified' if result.ok else 'BROKEN: ' + str(result.problem)}, "
+          f"{result.records} records, {result.checkpoints} signed checkpoints "
+          f"(check it yourself: fixproxy audit verify {workdir / 'audit'})")
     print(f"demo finished in {time.monotonic() - t0:.1f} s")
     return 0 if all_filled else 1
 
