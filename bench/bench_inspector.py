@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+from fixproxy.audit import AuditTrail, generate_signing_key
 from fixproxy.codec import encode
 from fixproxy.dictionary import load_for_version
+from fixproxy.kpis import AnomalyDetector, LatencyStats
+from fixproxy.leakguard import LeakGuard
 from fixproxy.policy import RateLimit, SessionPolicy, ValidationMode
 from fixproxy.session import SessionInspector, SessionState, utc_timestamp
 
 
-def run_once(mode: ValidationMode, n: int) -> float:
+def run_once(mode: ValidationMode, n: int, guard: bool = True, instrumentation=None) -> float:
     policy = SessionPolicy(name="OMS1", begin_string="FIX.4.4", sender_comp_id="OMS1", target_comp_id="ATS",
                            validation=mode, rate_limit=RateLimit(rate=1e9, burst=10**9, disconnect_after=10**9))
     state = SessionState(policy)
@@ -28,7 +33,7 @@ def run_once(mode: ValidationMode, n: int) -> float:
             return None
         return dd.validator(p.validation.value)
 
-    insp = SessionInspector(lambda _m: state, validator=validator)
+    insp = SessionInspector(lambda _m: state, validator=validator, leak_guard=LeakGuard() if guard else None)
     ts = utc_timestamp()
 
     def msg(seq: int, mt: str, *fields: tuple[int, object]) -> bytes:
@@ -43,13 +48,53 @@ def run_once(mode: ValidationMode, n: int) -> float:
         for i in range(2, n + 2))
     chunks = [stream[i:i + 4096] for i in range(0, len(stream), 4096)]
     forwarded = 0
+    results = []
     t0 = time.perf_counter()
     for c in chunks:
-        forwarded += len(insp.from_initiator(c).to_acceptor)
+        res = insp.from_initiator(c, time.perf_counter())
+        forwarded += len(res.to_acceptor)
+        results.append(res)
     dt = time.perf_counter() - t0
     if forwarded != n:
         raise SystemExit(f"{mode.value}: forwarded {forwarded} of {n}")
+    if instrumentation is not None:
+        return instrumentation(results) / n * 1e6
     return dt / n * 1e6
+
+
+def metrics_cost(results: list) -> float:
+    return instrumentation_cost(results, audit=False)
+
+
+def audit_cost(results: list) -> float:
+    return instrumentation_cost(results, audit=True) - instrumentation_cost(results, audit=False)
+
+
+def instrumentation_cost(results: list, audit: bool = True) -> float:
+    """What fixproxy.proxy.Link.apply adds per read when everything is on: the latency histogram by
+    MsgType, the session's anomaly detector, the audit record of the read, and the audit trail's
+    flush (hashing, JSON, write; every 50 ms in the proxy, here every 20 reads)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / "audit.pem"
+        generate_signing_key(key)
+        trail = AuditTrail.open_or_resume(Path(tmp) / "audit", key, fsync="never")
+        latency = LatencyStats()
+        detector = AnomalyDetector()
+        t0 = time.perf_counter()
+        for i, res in enumerate(results):
+            lat = time.perf_counter() - t0 if i else 0.00002
+            latency.observe("inbound", lat, [m.msg_type for m in res.forwarded])
+            detector.observe(lat)
+            if audit:
+                trail.append_messages("OMS1", "inbound", t0, [
+                    (int(m.get(b"34")), m.msg_type, m.raw, "forwarded", None) for m in res.forwarded])
+                if i % 20 == 19:
+                    trail.flush()
+        if audit:
+            trail.flush()
+        dt = time.perf_counter() - t0
+        trail.close()
+    return dt
 
 
 def main() -> None:
@@ -59,10 +104,17 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{'path (FIX 4.4 NewOrderSingle, ~200 B, 4 KiB reads)':55s} {'µs/msg median':>14s} {'min':>6s} "
           f"{'msg/s':>9s}")
-    for mode in (ValidationMode.OFF, ValidationMode.LENIENT, ValidationMode.STRICT):
-        xs = [run_once(mode, args.messages) for _ in range(args.runs)]
+    for mode, guard in ((ValidationMode.OFF, False), (ValidationMode.OFF, True), (ValidationMode.LENIENT, True),
+                        (ValidationMode.STRICT, True)):
+        xs = [run_once(mode, args.messages, guard) for _ in range(args.runs)]
         med = statistics.median(xs)
-        print(f"{'inspector, dictionary ' + mode.value:55s} {med:14.2f} {min(xs):6.2f} {1e6 / med:9,.0f}")
+        label = f"inspector, dictionary {mode.value}, leak guard {'on' if guard else 'off'}"
+        print(f"{label:55s} {med:14.2f} {min(xs):6.2f} {1e6 / med:9,.0f}")
+    for label, cost in (("+ metrics (latency histogram, anomaly detector)", metrics_cost),
+                        ("+ audit trail (record per read, hash, JSON, write)", audit_cost)):
+        xs = [run_once(ValidationMode.STRICT, args.messages, True, cost) for _ in range(args.runs)]
+        med = statistics.median(xs)
+        print(f"{label:55s} {med:14.2f} {min(xs):6.2f} {'':>9s}")
 
 
 if __name__ == "__main__":
