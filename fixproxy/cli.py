@@ -274,6 +274,95 @@ def cmd_audit_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _target(text: str) -> tuple[str, int]:
+    """--target HOST:PORT ([v6]:PORT)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host, int(port)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import (
+        CaptureError,
+        ReplayError,
+        parse_session,
+        read_captures,
+        replay_live,
+        replay_offline,
+        write_json,
+    )
+
+    usage = "see fixproxy replay --help"
+    live_only = [name for name, value in (("--target", args.target), ("--cert", args.cert), ("--key", args.key),
+                                          ("--ca", args.ca), ("--insecure", args.insecure),
+                                          ("--speed", args.speed), ("--original-timing", args.original_timing),
+                                          ("--renumber", args.renumber),
+                                          ("--refresh-sending-time", args.refresh_sending_time)) if value]
+    if args.offline:
+        if args.config is None:
+            raise CliError("replay --offline needs --config FILE (the proxy configuration to check against)",
+                           usage, EXIT_USAGE)
+        if live_only:
+            raise CliError(f"replay --offline sends nothing: {', '.join(live_only)} cannot be used with it",
+                           usage, EXIT_USAGE)
+    else:
+        if args.target is None:
+            raise CliError("replay needs --target HOST:PORT (or --offline --config FILE)", usage, EXIT_USAGE)
+        if args.config is not None:
+            raise CliError("--config is for --offline (a live replay is checked by the proxy itself)", usage,
+                           EXIT_USAGE)
+        tls_files = [args.cert, args.key, args.ca]
+        if args.insecure and any(tls_files):
+            raise CliError("--insecure and --cert/--key/--ca cannot be combined", usage, EXIT_USAGE)
+        if not args.insecure and not all(tls_files):
+            raise CliError("replay needs --cert, --key and --ca for TLS (or --insecure for plaintext)", usage,
+                           EXIT_USAGE)
+    if args.session is not None:
+        try:
+            parse_session(args.session)
+        except ValueError as exc:
+            raise CliError(f"--session: {exc}", usage, EXIT_USAGE) from None
+    try:
+        messages = read_captures(args.files)
+    except CaptureError as exc:
+        raise CliError(exc.problem, exc.where, EXIT_USAGE) from None
+
+    def progress(done: int, total: int, rate: float) -> None:
+        print(f"fixproxy replay: {done}/{total} {'inspected' if args.offline else 'sent'}, {rate:.0f} msg/s",
+              file=sys.stderr, flush=True)
+
+    try:
+        if args.offline:
+            report: object = replay_offline(messages, _load(args.config), session=args.session, files=args.files,
+                                            progress=progress)
+        else:
+            from . import tls as tlsmod
+
+            ctx = None
+            if not args.insecure:
+                try:
+                    ctx = tlsmod.client_context(args.cert, args.key, args.ca)
+                except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                    raise CliError(f"cannot load the TLS files: {exc}", f"--cert {args.cert}", EXIT_USAGE) from None
+            host, port = args.target
+            speed = 1.0 if args.original_timing else args.speed
+            report = replay_live(messages, host, port, ctx, server_hostname=args.server_hostname,
+                                 session=args.session, speed=speed, renumber=args.renumber,
+                                 refresh_sending_time=args.refresh_sending_time, wait=args.wait,
+                                 progress=progress, files=args.files)
+    except ReplayError as exc:
+        raise CliError(str(exc), _host_port(args.target) if args.target else ", ".join(args.files)) from None
+    print(report.text())  # type: ignore[attr-defined]
+    if args.json:
+        try:
+            write_json(report, args.json)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise CliError(f"cannot write the JSON report: {exc.strerror or exc}", args.json) from None
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -343,6 +432,32 @@ def build_parser() -> argparse.ArgumentParser:
     c = command("keygen", cmd_audit_keygen, "make an Ed25519 signing key (PATH, mode 0600) and PATH.pub", audit_sub)
     c.add_argument("path", metavar="PATH")
     c.add_argument("--encryption", action="store_true", help="make a 32-byte AES-256 encryption key instead")
+    c = command("replay", cmd_replay, "replay captured FIX traffic: live through a proxy as the OMS, or --offline "
+                "through the proxy's checks (what would have been refused)")
+    c.add_argument("files", nargs="+", metavar="FILE", help="captures: QuickFIX message logs, raw SOH streams, "
+                   "text logs with | or ^A separators (format detected per file)")
+    c.add_argument("--offline", action="store_true", help="no network: run the capture through the validation and "
+                   "policy of --config")
+    c.add_argument("--config", metavar="FILE", help="with --offline: the proxy configuration")
+    c.add_argument("--target", type=_target, metavar="HOST:PORT", help="the proxy (or any FIX acceptor) to replay to")
+    c.add_argument("--cert", metavar="C", help="client certificate (bound to the session's CompIDs)")
+    c.add_argument("--key", metavar="K", help="its private key")
+    c.add_argument("--ca", metavar="CA", help="the CA the server certificate must chain to")
+    c.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
+    c.add_argument("--server-hostname", default="localhost", help="name the server certificate is checked "
+                   "against (localhost)")
+    pace = c.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=_positive_float, metavar="X", help="the captured pace times X")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing (the default)")
+    pace.add_argument("--original-timing", action="store_true", help="the captured pace (--speed 1)")
+    c.add_argument("--renumber", action="store_true", help="renumber MsgSeqNum contiguously from the session's next")
+    c.add_argument("--refresh-sending-time", action="store_true", help="rewrite SendingTime (52) and TransactTime "
+                   "(60) to now")
+    c.add_argument("--session", metavar="SENDER->TARGET", help="the session to replay, SENDER being the initiator "
+                   "(OMS) side")
+    c.add_argument("--wait", type=_positive_float, default=5.0, metavar="S", help="live: how long to wait for "
+                   "outstanding answers after the last message (5)")
+    c.add_argument("--json", metavar="OUT", help="also write the summary as JSON to OUT")
     return p
 
 

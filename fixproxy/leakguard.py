@@ -84,7 +84,7 @@ class LeakGuard:
                     return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", int(tag))
             cl = get(b"11")
             if cl is not None and msg_type != b"H":
-                self._claim(session, cl, now)
+                self._claim(session, cl, -now)  # owned, but its reply is no order round trip
         return None
 
     # ---- outbound: ATS -> OMS -----------------------------------------------------------------
