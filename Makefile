@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# mosquitto (MQTT broker) and stunnel4 are real peers in the tests; install them if missing.
+# Real peers the tests start: mosquitto (MQTT broker); promtool (Debian's prometheus package) checks
+# the alert rules and dashboard queries in deploy/. Installed from Debian when missing.
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || command -v /usr/sbin/mosquitto >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null)
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check fixproxy tests bench
@@ -33,3 +39,13 @@ bench-codec: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# Latency benchmark (bench/run_bench.py, bench/README.md): direct / relay / fixproxy, plain and TLS.
+# bench: 1k, 10k, 50k msg/s and saturation, 1,000 idle sessions, a profile (a few minutes).
+# bench-ci: 10k msg/s and a short saturation; fails only on a lost message or a component error.
+.PHONY: bench bench-ci
+bench: $(STAMP)
+	$(PY) bench/run_bench.py --preset full
+
+bench-ci: $(STAMP)
+	$(PY) bench/run_bench.py --preset ci

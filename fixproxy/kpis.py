@@ -194,9 +194,9 @@ class KpiCollector(Collector):
         h.add_metric([], buckets, row[-1])
         yield h
         anomalies = CounterMetricFamily(m.LATENCY_ANOMALIES, "Latency anomalies (mean + k·sigma for n in a row)",
-                                        labels=["session"])
-        for name, det in sorted(p.anomaly.items()):
-            anomalies.add_metric([name], det.anomalies)
+                                        labels=["session", "direction"])
+        for (name, direction), det in sorted(p.anomaly.items()):
+            anomalies.add_metric([name, direction], det.anomalies)
         yield anomalies
         # ---- leakage and blocking ----
         g = GaugeMetricFamily(m.LEAKAGE_INDEX, "Leak-relevant refusals per minute over the sliding window")

@@ -135,9 +135,11 @@ class Link:
             insp = self.inspector
             if insp is not None and insp.state is not None:
                 name = insp.state.policy.name
-                det = proxy.anomaly.get(name)
+                # One baseline per session and direction: request/response traffic alternates
+                # directions, and a slowdown in one must not be diluted by the other.
+                det = proxy.anomaly.get((name, direction))
                 if det is None:
-                    det = proxy.anomaly[name] = proxy.new_anomaly_detector()
+                    det = proxy.anomaly[(name, direction)] = proxy.new_anomaly_detector()
                 if det.observe(latency):
                     res.events.append(SecurityEvent(
                         None, Outcome.INFO, f"Proxy latency {latency * 1e6:.0f} µs above mean + {det.k}sigma for "
@@ -309,7 +311,7 @@ class FixProxy:
         self.started_at = time.monotonic()
         self.leak_guard = LeakGuard()
         self.latency = LatencyStats()
-        self.anomaly: dict[str, AnomalyDetector] = {}
+        self.anomaly: dict[tuple[str, str], AnomalyDetector] = {}
         self.closed_stats: dict[tuple[str, str, str], float] = {}
         self.connected_seconds: dict[str, float] = {}
         self.connections_refused = 0
@@ -417,16 +419,20 @@ class FixProxy:
 
     # ---- start / stop ---------------------------------------------------------------------
     def _build_contexts(self, config: ProxyConfig) -> None:
+        """Build every TLS context first and swap them in together: a reload that fails half-way
+        leaves the running contexts untouched."""
+        server_ctx, revoked, client_ctx = None, frozenset[int](), None
         if not config.insecure:
             t = config.tls
             assert t is not None
-            self._server_ctx = tlsmod.server_context(t.cert, t.key, t.ca, crl=t.crl, min_version=t.min_version)
-            self._revoked = _revoked_serials(t.crl)
+            server_ctx = tlsmod.server_context(t.cert, t.key, t.ca, crl=t.crl, min_version=t.min_version)
+            revoked = _revoked_serials(t.crl)
         up = config.upstream
         if not up.insecure:
             t = up.tls
             assert t is not None
-            self._client_ctx = tlsmod.client_context(t.cert, t.key, t.ca, min_version=t.min_version)
+            client_ctx = tlsmod.client_context(t.cert, t.key, t.ca, min_version=t.min_version)
+        self._server_ctx, self._revoked, self._client_ctx = server_ctx, revoked, client_ctx
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

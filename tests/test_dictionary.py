@@ -13,13 +13,12 @@ import timeit
 from pathlib import Path
 
 import pytest
+import quickfix as fix
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fixproxy.dictionary import _C_GROUP, DataDictionary, load_for_version
 from fixproxy.reasons import Reason, Refusal
-
-fix = pytest.importorskip("quickfix")
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SOH = b"\x01"

@@ -490,7 +490,7 @@ def test_latency_anomaly_detection(stack: Stack) -> None:
 
             pt.sync(restore)
         assert slow_reads[0] >= 3
-        assert wait_value(stack, anomalies, 1, session="KANOM") >= 1
+        assert wait_value(stack, anomalies, 1, session="KANOM", direction="inbound") >= 1
         ev = next(e for e in events(stack, kind="latency.anomaly") if e.session == "KANOM")
         assert ev.outcome is Outcome.INFO and "above mean" in ev.detail
         trade(raw, "AN-AFTER")  # restored: the session trades on

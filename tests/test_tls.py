@@ -150,7 +150,7 @@ Runner = Callable[[Coroutine[Any, Any, Outcome]], Outcome]
 def run(request: pytest.FixtureRequest) -> Runner:
     """Run a connection on the stdlib event loop and on uvloop (what the proxy runs on)."""
     if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
+        import uvloop
         return uvloop.run  # type: ignore[no-any-return]
     return asyncio.run
 

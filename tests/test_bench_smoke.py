@@ -1,0 +1,37 @@
+"""The latency benchmark (bench/run_bench.py) at a tiny size: it runs end to end, plain and TLS,
+direct / relay / fixproxy, loses nothing and writes its JSON. Not a timing test: no figure is
+checked, only that every order sent arrived and every part worked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run_bench.py"), "--modes", "plain,tls",
+         "--targets", "direct,relay,fixproxy", "--rates", "2000", "--duration", "0.3", "--sat-duration", "0.3",
+         "--warmup", "0.1", "--idle-sessions", "0", "--profile", "none", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = list(out.glob("*.json"))
+    assert len(files) == 1, proc.stdout[-2000:]
+    doc = json.loads(files[0].read_text())
+    assert doc["lost"] == 0 and doc["errors"] == []
+    cases = doc["cases"]
+    assert {(c["mode"], c["load"], c["target"]) for c in cases} == {
+        (mode, load, target) for mode in ("plain", "tls") for load in ("2k", "saturation")
+        for target in ("direct", "relay", "fixproxy")}
+    for c in cases:
+        assert c["errors"] == [], c
+        assert c["sent"] > 0 and c["received"] == c["sent"] and c["lost"] == 0, c
+        assert c["latency_us"]["n"] > 0 and c["latency_us"]["p50"] is not None, c
+        if c["target"] != "direct":
+            assert c["cpu_s"][c["target"]] > 0, c  # the middle process's CPU was measured
+    assert "vs_relay" in next(c for c in cases if c["target"] == "fixproxy")["ratios"]
