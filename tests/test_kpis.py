@@ -458,7 +458,8 @@ def test_latency_anomaly_detection(stack: Stack) -> None:
     try:
         for i in range(40):  # warm-up (20 reads), then a steady baseline
             trade(raw, f"AN-{i}")
-        assert sample(stack, anomalies, session="KANOM") == 0.0
+        assert sample(stack, anomalies, session="KANOM", direction="inbound") == 0.0
+        assert sample(stack, anomalies, session="KANOM", direction="outbound") == 0.0
         assert not [e for e in events(stack, kind="latency.anomaly") if e.session == "KANOM"]
 
         slow_reads = [0]
