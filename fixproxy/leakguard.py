@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 from .metrics import LATENCY_BUCKETS
@@ -42,9 +42,12 @@ class LeakGuard:
         self._clock = clock
         # (session, ClOrdID) -> time the order was sent, for round trips and ownership; negated once
         # its first reply has been seen (the round trip is recorded once, the age is kept for expiry)
-        self._clordids: OrderedDict[tuple[str, bytes], float] = OrderedDict()
-        self._clordid_sessions: dict[bytes, set[str]] = {}
-        self._orderids: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        # Plain dicts: insertion order is age order, the oldest is next(iter(d)).
+        self._clordids: dict[tuple[str, bytes], float] = {}
+        # ClOrdID -> the session using it, or the set of sessions when several use the same value
+        # (ClOrdIDs are unique per session only): a string in the common case, no set per order.
+        self._clordid_sessions: dict[bytes, str | set[str]] = {}
+        self._orderids: dict[bytes, tuple[str, float]] = {}
         self._recent: deque[tuple[float, str]] = deque()  # (time, kind) for the leakage index
         # NewOrderSingle -> first ExecutionReport: counts per LATENCY_BUCKETS bucket, then +Inf, then
         # the sum (constant memory; exported by the metrics collector)
@@ -56,12 +59,13 @@ class LeakGuard:
     # ---- inbound: OMS -> ATS ------------------------------------------------------------------
     def inbound(self, session: str, msg_type: bytes, get: Get, now: float,
                 on_behalf_of: frozenset[bytes] | None = None) -> Refusal | None:
-        spoof = self._spoofing(get, on_behalf_of)
-        if spoof is not None:
-            return spoof
+        if get(b"115") is not None or get(b"128") is not None:
+            spoof = self._spoofing(get, on_behalf_of)
+            if spoof is not None:
+                return spoof
         if msg_type == b"D":
             cl = get(b"11")
-            if cl is not None:
+            if cl is not None and (session, cl) not in self._clordids:
                 self._claim(session, cl, now)
             return None
         if msg_type in _ORDER_ENTRY:
@@ -79,8 +83,7 @@ class LeakGuard:
                     continue
                 if (session, ref) in self._clordids:
                     continue
-                others = self._clordid_sessions.get(ref)
-                if others and session not in others:
+                if self._used_by_other(ref, session):
                     return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", int(tag))
             cl = get(b"11")
             if cl is not None and msg_type != b"H":
@@ -100,8 +103,7 @@ class LeakGuard:
         if cl is not None:
             sent = self._clordids.get((session, cl))
             if sent is None:
-                others = self._clordid_sessions.get(cl)
-                if others and session not in others:
+                if self._used_by_other(cl, session):
                     return self._block(f"ClOrdID {cl.decode('latin-1')} of another session")
             elif sent > 0.0:
                 rt = now - sent  # first reply: NewOrderSingle -> ExecutionReport
@@ -112,7 +114,7 @@ class LeakGuard:
                 and (session, cl) in self._clordids:
             self._orderids[oid] = (session, now)
             if len(self._orderids) > self.max_orders:
-                self._orderids.popitem(last=False)
+                del self._orderids[next(iter(self._orderids))]
         return None
 
     # ---- the leakage index --------------------------------------------------------------------
@@ -136,7 +138,7 @@ class LeakGuard:
             _, (_, t) = next(iter(self._orderids.items()))
             if t >= limit:
                 break
-            self._orderids.popitem(last=False)
+            del self._orderids[next(iter(self._orderids))]
         while self._clordids:
             key, t = next(iter(self._clordids.items()))
             if abs(t) >= limit:
@@ -146,19 +148,41 @@ class LeakGuard:
     # ---- internals ----------------------------------------------------------------------------
     def _claim(self, session: str, cl: bytes, now: float) -> None:
         key = (session, cl)
-        if key not in self._clordids:
-            self._clordids[key] = now
-            self._clordid_sessions.setdefault(cl, set()).add(session)
-            if len(self._clordids) > self.max_orders:
-                self._forget(next(iter(self._clordids)))
+        if key in self._clordids:
+            return
+        self._clordids[key] = now
+        owner = self._clordid_sessions.get(cl)
+        if owner is None:
+            self._clordid_sessions[cl] = session
+        elif isinstance(owner, set):
+            owner.add(session)
+        elif owner != session:
+            self._clordid_sessions[cl] = {owner, session}
+        if len(self._clordids) > self.max_orders:
+            self._forget(next(iter(self._clordids)))
+
+    def _used_by_other(self, cl: bytes, session: str) -> bool:
+        """Some other session uses ClOrdID `cl`, and `session` does not."""
+        owner = self._clordid_sessions.get(cl)
+        if owner is None:
+            return False
+        if isinstance(owner, set):
+            return session not in owner
+        return owner != session
 
     def _forget(self, key: tuple[str, bytes]) -> None:
         self._clordids.pop(key, None)
-        sessions = self._clordid_sessions.get(key[1])
-        if sessions is not None:
-            sessions.discard(key[0])
-            if not sessions:
+        owner = self._clordid_sessions.get(key[1])
+        if owner is None:
+            return
+        if isinstance(owner, set):
+            owner.discard(key[0])
+            if len(owner) == 1:
+                self._clordid_sessions[key[1]] = next(iter(owner))
+            elif not owner:
                 del self._clordid_sessions[key[1]]
+        elif owner == key[0]:
+            del self._clordid_sessions[key[1]]
 
     def _spoofing(self, get: Get, allowed: frozenset[bytes] | None) -> Refusal | None:
         for tag in (b"115", b"128"):
