@@ -345,6 +345,34 @@ def _show(msg_type: bytes) -> str:
     return "(unprintable)"
 
 
+def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
+    """A cached plan's value checks, in field order: True when every value passes (the tags were
+    already proven by the plan's key). False sends the message to the full scan, which alone
+    decides and words the refusal."""
+    for i, code, arg in checks:
+        val = values[i]
+        if code == _C_ENUM:
+            if val not in arg:
+                return False
+        elif code == _C_FUNC:
+            if not arg(val):
+                return False
+        elif code == _C_FLOAT:
+            if not val.replace(b".", b"", 1).isdigit() and not (
+                val[:1] == b"-" and val[1:].replace(b".", b"", 1).isdigit()
+            ):
+                return False
+        elif code == _C_UINT:
+            if not val.isdigit() or (len(val) >= len(arg) and not _fits(val, arg)):
+                return False
+        elif code == _C_COUNT:
+            if val != arg:
+                return False
+        elif not _value_ok(code, arg, val):
+            return False
+    return True
+
+
 class DataDictionary:
     """A compiled FIX data dictionary: one XML, or a FIXT transport XML plus an application XML."""
 
@@ -482,30 +510,8 @@ class DataDictionary:
             spec = self._messages.get(msg_type)
             if spec is not None and self.max_plans > 0:
                 plan = spec.plans[mode == "lenient"].get(key)
-                if plan is not None and plan[0] == len(values):
-                    for i, code, arg in plan[1]:
-                        val = values[i]
-                        if code == _C_ENUM:
-                            if val not in arg:
-                                break
-                        elif code == _C_FUNC:
-                            if not arg(val):
-                                break
-                        elif code == _C_FLOAT:
-                            if not val.replace(b".", b"", 1).isdigit() and not (
-                                val[:1] == b"-" and val[1:].replace(b".", b"", 1).isdigit()
-                            ):
-                                break
-                        elif code == _C_UINT:
-                            if not val.isdigit() or (len(val) >= len(arg) and not _fits(val, arg)):
-                                break
-                        elif code == _C_COUNT:
-                            if val != arg:
-                                break
-                        elif not _value_ok(code, arg, val):
-                            break
-                    else:
-                        return None
+                if plan is not None and plan[0] == len(values) and _plan_passes(plan[1], values):
+                    return None
         return self.validate(msg_type, list(zip(tags, values, strict=True)), mode=mode)
 
     def validator(self, mode: str) -> Callable[[Message], Refusal | None]:
@@ -544,30 +550,8 @@ class DataDictionary:
         tags = b"=".join(map(_first, fields))
         plans = spec.plans[lenient]
         plan = plans.get(tags)
-        if plan is not None and plan[0] == len(fields):
-            for i, code, arg in plan[1]:
-                val = fields[i][1]
-                if code == _C_ENUM:
-                    if val not in arg:
-                        break
-                elif code == _C_FUNC:
-                    if not arg(val):
-                        break
-                elif code == _C_FLOAT:
-                    if not val.replace(b".", b"", 1).isdigit() and not (
-                        val[:1] == b"-" and val[1:].replace(b".", b"", 1).isdigit()
-                    ):
-                        break
-                elif code == _C_UINT:
-                    if not val.isdigit() or (len(val) >= len(arg) and not _fits(val, arg)):
-                        break
-                elif code == _C_COUNT:
-                    if val != arg:
-                        break
-                elif not _value_ok(code, arg, val):
-                    break
-            else:
-                return None
+        if plan is not None and plan[0] == len(fields) and _plan_passes(plan[1], [v for _, v in fields]):
+            return None
         recorded: list[tuple | None] = []
         refusal = self._scan(spec, fields, lenient, recorded)
         if refusal is None and len(recorded) == len(fields) and tags.count(b"=") == len(fields) - 1:
