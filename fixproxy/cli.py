@@ -353,7 +353,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                  refresh_sending_time=args.refresh_sending_time, wait=args.wait,
                                  progress=progress, files=args.files)
     except ReplayError as exc:
-        raise CliError(str(exc), _host_port(args.target) if args.target else ", ".join(args.files)) from None
+        where = ", ".join(args.files) if exc.usage or not args.target else _host_port(args.target)
+        raise CliError(str(exc), where, EXIT_USAGE if exc.usage else EXIT_RUNTIME) from None
     print(report.text())  # type: ignore[attr-defined]
     if args.json:
         try:
@@ -444,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", metavar="K", help="its private key")
     c.add_argument("--ca", metavar="CA", help="the CA the server certificate must chain to")
     c.add_argument("--insecure", action="store_true", help="plaintext, no TLS")
-    c.add_argument("--server-hostname", default="localhost", help="name the server certificate is checked "
-                   "against (localhost)")
+    c.add_argument("--server-hostname", default="localhost", metavar="NAME",
+                   help="name the server certificate is checked against (localhost)")
     pace = c.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=_positive_float, metavar="X", help="the captured pace times X")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing (the default)")

@@ -56,11 +56,16 @@ messages already replayed. It is a replayer, not a FIX engine:
 - it answers TestRequest with a Heartbeat (112) and sends a Heartbeat when it has sent nothing
   for HeartBtInt, so the session stays up;
 - it answers a ResendRequest by gap-filling (35=4, 123=Y, 43=Y) the numbers that carried no
-  application message (its own session messages, captured gaps, garbled frames) and by sending
-  PossDup copies (43=Y, 122) of the application messages in the range, because gap-filling those
-  would make the ATS skip orders it has queued. A garbled message covered by a ResendRequest is
-  counted as ``dropped`` (the proxy ignored it, as FIX says);
-- it never sends a ResendRequest and does not check the ATS's sequence numbers.
+  application message (its own session messages, captured gaps, garbled frames, and messages the
+  proxy refused: the proxy has already put a GapFill in their place) and by sending PossDup copies
+  (43=Y, 122) of the other application messages in the range, because gap-filling those would make
+  an ATS skip orders it has queued (QuickFIX does). A garbled message covered by a ResendRequest
+  is counted as ``dropped`` (the proxy ignored it, as FIX says);
+- it never sends a ResendRequest, does not check the ATS's sequence numbers, and does not resend
+  after a reconnect: a connection lost mid-replay ends the replay (reported).
+
+After the last message it waits until every sent message has an answer and no application
+message has moved for a second (at most ``--wait`` seconds), then logs out.
 
 Sequence numbers: by default each message keeps its captured MsgSeqNum when that continues the
 session (a captured gap, left by session messages not replayed, is gap-filled first); a message
@@ -68,7 +73,8 @@ whose number is already used (the replayer's own Heartbeats take numbers too) is
 so is everything after it. ``--renumber`` renumbers every message contiguously. When the
 counterparty answers the Logon with "MsgSeqNum too low, expecting N", the replayer reconnects at
 N; when the connection is closed at Logon without a word (the proxy does that for a number it
-has seen before) it reconnects once with ResetSeqNumFlag (141=Y) and numbers from 1. Rewrites go
+has seen before, and for a certificate not bound to the CompIDs) it reconnects once with
+ResetSeqNumFlag (141=Y) and numbers from 1 (which resets the ATS's numbers too). Rewrites go
 through `codec.replace_fields` (9 and 10 recomputed, every other byte kept). A garbled message
 is sent as captured; when it has a wrong CheckSum and must be renumbered or refreshed, it is
 rewritten and its CheckSum is broken again by the same amount. ``--refresh-sending-time``
@@ -76,8 +82,8 @@ rewrites SendingTime (52) and TransactTime (60) to now, in the captured format (
 SendingTime window is 120 s by default: a replay of an old capture needs it).
 
 The live report counts each sent message once by its first answer: refused (Reject 35=3 and
-BusinessMessageReject 35=j naming its MsgSeqNum, ExecutionReport with OrdStatus 8 or
-OrderCancelReject naming its ClOrdID), answered (any other answer), unanswered, or dropped;
+BusinessMessageReject 35=j naming its MsgSeqNum or ClOrdID, ExecutionReport with OrdStatus 8 that
+is not a status report, OrderCancelReject), answered (any other answer), unanswered, or dropped;
 ``accepted`` is everything not refused or dropped. Refusals are grouped by MsgType, 373 and Text.
 Latency is send → first answer per ClOrdID. The ATS side of the capture is compared per ClOrdID
 (same outcome or not). ClOrdIDs are sent as captured: replaying the same capture twice to the
@@ -130,7 +136,12 @@ class CaptureError(Exception):
 
 
 class ReplayError(Exception):
-    """A live replay that could not run (connection, Logon refused)."""
+    """A replay that could not run: `usage` when the arguments are at fault (no such session, one
+    to choose), else the connection or the Logon failed."""
+
+    def __init__(self, text: str, *, usage: bool = False) -> None:
+        super().__init__(text)
+        self.usage = usage
 
 
 # ================================================================================================
@@ -507,7 +518,7 @@ def split_sessions(messages: Iterable[CapturedMessage], session: str | tuple[str
                 break
     if wanted is not None and not out:
         have = ", ".join(f"{a}<->{b}" for a, b in groups) or "none"
-        raise ReplayError(f"no session {wanted[0]}->{wanted[1]} in the capture (sessions: {have})")
+        raise ReplayError(f"no session {wanted[0]}->{wanted[1]} in the capture (sessions: {have})", usage=True)
     return out
 
 
@@ -747,7 +758,6 @@ def replay_offline(messages: Sequence[CapturedMessage], config: ProxyConfig, *, 
         retire(insp)
         rep.stats = {d: {k: st.get(k, 0) for k in ("received", "forwarded", "refused", "dropped", "shadowed")}
                      for d, st in stats.items() if st.get("received", 0) or d == "inbound"}
-        # rep.connections counts the inspectors; the proxy's own count went back to zero
     return OfflineReport(list(files), len(messages), reports, findings, notes)
 
 
@@ -913,9 +923,8 @@ class _Sent:
     data: bytes
     cl_ord_id: bytes | None
     captured: CapturedMessage
-    at: float
-    garbled: bool
-    outcome: str | None = None  # refused / answered / dropped
+    at: float  # time.monotonic() when written
+    outcome: str | None = None  # refused / answered (by its first answer)
 
 
 class _LiveReplay:
@@ -952,8 +961,8 @@ class _LiveReplay:
         self.first_reply: dict[bytes, float] = {}  # ClOrdID -> latency
         self.final: dict[bytes, str] = {}  # ClOrdID -> outcome class now
         self.writer: asyncio.StreamWriter | None = None
-        self.last_sent = 0.0
-        self.last_received = 0.0
+        self.last_sent = 0.0  # anything, for Heartbeats
+        self.last_activity = 0.0  # application messages either way, for the end of the replay
         self.logged_on = asyncio.Event()
         self.closed = asyncio.Event()
         self.logout_text: str | None = None
@@ -1022,7 +1031,7 @@ class _LiveReplay:
             reader_task = asyncio.get_running_loop().create_task(self.read_loop(reader))
             self.next_out = seq
             self.write(self.build("A", self.logon_fields(reset)))
-            waiters = [asyncio.ensure_future(self.logged_on.wait()), asyncio.ensure_future(self.closed.wait())]
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self.logged_on, self.closed, self.logout_seen)]
             await asyncio.wait(waiters, timeout=self.logon_timeout, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
@@ -1155,6 +1164,7 @@ class _LiveReplay:
                 self.garbled.add(seq)
             rep.garbled_sent += 1
             self.write(data)
+            self.last_activity = time.monotonic()
             rep.sent += 1
             return
         captured_seq = m.seq
@@ -1168,14 +1178,21 @@ class _LiveReplay:
             changes[b"34"] = b"%d" % n
             rep.renumbered += 1
         msg = _decode(m.raw)
-        data = replace_fields(msg, changes) if changes else m.raw
-        cl = msg.get(b"11")
-        entry = _Sent(n, data, cl, m, time.monotonic(), False)
+        data = m.raw
+        if changes:
+            try:
+                data = replace_fields(msg, changes)
+            except (KeyError, ValueError):  # fields a careful split cannot pair: send it as captured
+                rep.notes.append(f"{m.where}: could not rewrite {sorted(t.decode() for t in changes)}; sent as "
+                                 "captured")
+        cl = _field(data, b"11")
+        entry = _Sent(n, data, cl, m, time.monotonic())
         self.sent[n] = entry
         self.pending.add(n)
         if cl is not None:
             self.by_cl.setdefault(cl, []).append(entry)
         self.write(data)
+        self.last_activity = time.monotonic()
         rep.sent += 1
 
     def gap_fill_to(self, n: int) -> None:
@@ -1200,7 +1217,7 @@ class _LiveReplay:
             now = time.monotonic()
             if now >= deadline:
                 break
-            if not self.pending and now - max(self.last_received, self.last_sent) >= quiet:
+            if not self.pending and now - self.last_activity >= quiet:
                 break
             await asyncio.sleep(0.05)
 
@@ -1213,7 +1230,6 @@ class _LiveReplay:
                 if not data:
                     break
                 now = time.monotonic()
-                self.last_received = now
                 for item in decoder.feed(data):
                     if isinstance(item, Message):
                         try:
@@ -1249,6 +1265,7 @@ class _LiveReplay:
             return
         if mt in ("0", "4"):
             return
+        self.last_activity = now
         self.answers[mt] += 1
         target: _Sent | None = None
         refused = False
@@ -1462,10 +1479,11 @@ def replay_live(messages: Sequence[CapturedMessage], host: str, port: int, ssl_c
     refused."""
     sessions = split_sessions(messages, session)
     if not sessions:
-        raise ReplayError("no FIX session in the capture")
+        raise ReplayError("no FIX session in the capture", usage=True)
     if len(sessions) > 1:
         names = ", ".join(s.name for s in sessions)
-        raise ReplayError(f"the capture holds {len(sessions)} sessions ({names}): choose one with --session")
+        raise ReplayError(f"the capture holds {len(sessions)} sessions ({names}): choose one with --session",
+                          usage=True)
     sess = sessions[0]
     report = LiveReport(session=sess.name, target=f"{host}:{port}", tls=ssl_context is not None, files=list(files))
     live = _LiveReplay(sess, host, port, ssl_context, server_hostname=server_hostname, speed=speed,
@@ -1473,7 +1491,7 @@ def replay_live(messages: Sequence[CapturedMessage], host: str, port: int, ssl_c
                        logon_timeout=logon_timeout, connect_timeout=connect_timeout, progress=progress,
                        report=report)
     if not live.plan:
-        raise ReplayError(f"session {sess.name} has no application message to replay")
+        raise ReplayError(f"session {sess.name} has no application message to replay", usage=True)
     return asyncio.run(live.run())
 
 

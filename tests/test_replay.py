@@ -301,7 +301,7 @@ def test_replay_of_the_demo_s_own_traffic_is_clean(tmp_path: Path, capsys: pytes
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real QuickFIX ATS behind TLS and fixproxy; no OMS: the replayer is the OMS."""
-    sessions = {"OMS1": {}, "OMS2": {}, "OMS3": {}}
+    sessions = {"OMS1": {}, "OMS2": {}, "OMS3": {}, "OMS4": {}}
     s = Stack(tmp_path_factory.mktemp("replay-stack"), list(sessions), sessions=sessions,
               extra="\n[auth]\nbruteforce_threshold = 1000\n")
     try:
@@ -379,3 +379,50 @@ def test_cli_live_then_replayed_again_on_a_used_session(stack: Stack, tmp_path: 
     assert report.sent == 51
     assert report.refused_by() == {"35=8: duplicate ClOrdID": 48}
     assert report.refused == 48 and report.accepted == 3
+
+
+def test_live_plaintext_straight_to_the_ats_at_the_captured_pace(stack: Stack, tmp_path: Path) -> None:
+    """No proxy: the replayer alone keeps a QuickFIX session up (HeartBtInt 1 s, 2.5 s between the
+    orders), and on a second run is told "MsgSeqNum too low, expecting N" and logs on at N."""
+    t0 = datetime.now(UTC).timestamp() - 60
+
+    def stamp(dt: float) -> str:
+        return datetime.fromtimestamp(t0 + dt, UTC).strftime("%Y%m%d-%H:%M:%S.%f")[:-3]
+
+    def msg(seq: int, dt: float, mt: str, *fields: tuple[int, str]) -> bytes:
+        raw = encode("FIX.4.4", [(35, mt), (49, "OMS4"), (56, "ATS"), (34, seq), (52, stamp(dt)), *fields])
+        return stamp(dt).encode() + b" : " + raw.replace(SOH, b"^A")
+
+    def order(cl: str, dt: float) -> list[tuple[int, str]]:
+        return [(11, cl), (21, "1"), (55, "VOD.L"), (54, "1"), (60, stamp(dt)), (38, "10"), (40, "2"), (44, "9")]
+
+    capture = tmp_path / "oms4.caret.log"
+    capture.write_bytes(b"\n".join([msg(1, 0, "A", (98, "0"), (108, "1")), msg(2, 0.1, "D", *order("P-1", 0.1)),
+                                     msg(3, 1.1, "0"), msg(4, 2.6, "D", *order("P-2", 2.6))]) + b"\n")
+    msgs = read_capture(capture)
+    report = replay_live(msgs, "127.0.0.1", stack.ats[0].port, None, speed=1.0, refresh_sending_time=True)
+    assert not report.tls and report.sent == report.answered == 2 and report.fills == 2
+    assert report.heartbeats >= 1  # 2.5 s without an order: the replayer's own Heartbeats
+    assert report.refused == 0 and report.notes == []
+    again = replay_live(msgs, "127.0.0.1", stack.ats[0].port, None, refresh_sending_time=True)
+    assert any("MsgSeqNum too low" in n and "logged on again at 34=" in n for n in again.notes), again.notes
+    assert again.renumbered == 2 and again.sent == 2
+    assert again.refused_by() == {"35=8: duplicate ClOrdID": 2}
+    assert not [e for e in stack.ats[0].events("FIX.4.4:ATS->OMS4") if "MsgSeqNum too high" in e.text]
+
+
+def test_live_logon_refused_by_the_proxy_is_one_runtime_error(stack: Stack,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # OMS1's certificate for the OMS2 session: the proxy closes the connection at Logon, silently.
+    with pytest.raises(ReplayError, match="closed without a Logout"):
+        replay_live(read_capture(HOSTILE_TEXT), "127.0.0.1", stack.proxy_port, stack.client_context("OMS1"))
+    cert, key = stack.pki.clients["OMS1"]
+    rc = main(["replay", str(HOSTILE_TEXT), str(QUICKFIX_LOG), "--target", f"127.0.0.1:{stack.proxy_port}",
+               "--cert", str(cert), "--key", str(key), "--ca", str(stack.pki.ca_cert)])
+    assert rc == 2  # two sessions in the files: which one is a usage question
+    assert "choose one with --session" in capsys.readouterr().err
+    rc = main(["replay", str(HOSTILE_TEXT), "--target", f"127.0.0.1:{stack.proxy_port}", "--cert", str(cert),
+               "--key", str(key), "--ca", str(stack.pki.ca_cert)])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert err.startswith("fixproxy: Logon OMS2->ATS refused") and f"(127.0.0.1:{stack.proxy_port})" in err
