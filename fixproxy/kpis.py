@@ -104,7 +104,7 @@ class KpiCollector(Collector):
                 continue
             name = insp.state.policy.name
             for d, st in insp.stats.items():
-                for o in _OUTCOMES:
+                for o in (*_OUTCOMES, "modified"):
                     key = (name, d.value, o)
                     totals[key] = totals.get(key, 0) + getattr(st, o)
         msgs = CounterMetricFamily(m.MESSAGES, "Messages by session, direction and outcome",
@@ -119,6 +119,12 @@ class KpiCollector(Collector):
                                  - totals.get((s, d, "refused"), 0) - totals.get((s, d, "dropped"), 0))
         yield msgs
         yield in_flight
+        modified = CounterMetricFamily(m.MODIFIED_FORWARDS, "Forwarded messages whose rewrite changed more than "
+                                       "the translated sequence numbers", labels=["session"])
+        for s in sorted({s for s, _ in pairs}):
+            modified.add_metric([s], totals.get((s, "inbound", "modified"), 0)
+                                + totals.get((s, "outbound", "modified"), 0))
+        yield modified
         # ---- DDoS mitigation effectiveness ----
         hostile = sum(v for (_, _, o), v in totals.items() if o in ("refused", "dropped", "shadowed"))
         hostile += p.connections_refused

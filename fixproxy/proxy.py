@@ -19,6 +19,7 @@ import ssl
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .recorder import Recorder
 
 log = logging.getLogger("fixproxy")
+AUDIT_VERIFY_INTERVAL = 300.0  # seconds between full verifications of the running proxy's audit trail
 _SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
                                m.ENCRYPTION_COVERAGE, m.SESSION_UP, m.AUDIT_IN_FLIGHT, m.LATENCY_ANOMALIES,
                                m.HOSTILE_BLOCKED_RATIO, m.LEGITIMATE_DELIVERED_RATIO})
@@ -320,6 +322,10 @@ class FixProxy:
         self.m_admin_refused = Counter(m.ADMIN_REFUSED, "Admin operations refused", ["operation"], registry=r)
         self.m_admin_unlogged = Counter(m.ADMIN_UNLOGGED, "Admin operations whose audit record failed", registry=r)
         self.m_audit_records = Counter(m.AUDIT_RECORDS, "Audit records written", registry=r)
+        self.m_audit_verify_failures = Counter(m.AUDIT_VERIFY_FAILURES, "Audit trail verifications that failed",
+                                               registry=r)
+        self.m_audit_gaps = Counter(m.AUDIT_SEQUENCE_GAPS, "Audit trail verifications that found a sequence gap",
+                                    registry=r)
         r.register(KpiCollector(self))
         self.audit: Any = None
         self.audit_down = False
@@ -393,6 +399,35 @@ class FixProxy:
                     f"Audit trail {'unavailable: ' + str(audit.error) if fail_closed else 'writable again'}",
                     session=None, kind="audit.unavailable" if fail_closed else "audit.available")])
 
+    async def verify_audit(self) -> bool:
+        """Verify the whole trail (in a worker thread: it reads and hashes every record). A failure
+        is an unauthorised-modification alert: counted, and raised as an event."""
+        if self.audit is None or self.config.audit is None:
+            return True
+        from .audit import verify
+
+        cfg = self.config.audit
+        pub = Path(str(cfg.signing_key) + ".pub")
+        result = await asyncio.to_thread(verify, cfg.directory, pub if pub.exists() else None)
+        if not result.ok:
+            self.m_audit_verify_failures.inc()
+            if result.problem and result.problem.startswith("gap"):
+                self.m_audit_gaps.inc()
+            bad = result.first_bad
+            self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Audit trail verification failed at record "
+                                                f"{bad.seq if bad else '?'}: {result.problem}", session=None,
+                                                kind="audit.verification_failed")])
+        return bool(result.ok)
+
+    async def _audit_verifier(self) -> None:
+        await asyncio.sleep(1.0)
+        while True:
+            try:
+                await self.verify_audit()
+            except Exception:
+                log.exception("audit verification failed to run")
+            await asyncio.sleep(AUDIT_VERIFY_INTERVAL)
+
     async def _start_mqtt(self, config: ProxyConfig) -> None:
         self.mqtt = None
         if config.mqtt is None:
@@ -448,6 +483,8 @@ class FixProxy:
         self.spawn(self._accept_loop(loop))
         self.spawn(self._timers())
         self.spawn(self._audit_flusher())
+        if self.audit is not None:
+            self.spawn(self._audit_verifier())
         if self.audit is not None:
             self.audit.append("config.loaded", source=str(self.config.source_path), sessions=len(self.config.sessions))
         log.info("fixproxy listening on %s:%d", host, self.port)
@@ -596,7 +633,7 @@ class FixProxy:
                 self.connected_seconds[name] = self.connected_seconds.get(name, 0.0) + (
                     time.monotonic() - link.logged_on_at)
             for d, st in insp.stats.items():
-                for outcome in ("received", "forwarded", "refused", "dropped", "shadowed"):
+                for outcome in ("received", "forwarded", "refused", "dropped", "shadowed", "modified"):
                     key = (name, d.value, outcome)
                     self.closed_stats[key] = self.closed_stats.get(key, 0) + getattr(st, outcome)
             insp.state = None  # counted once

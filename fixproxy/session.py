@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, encode, replace_fields
+from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, decode_one, encode, replace_fields
 from .events import Direction, Outcome, SecurityEvent
 from .leakguard import LeakGuard
 from .policy import ORDER_MSG_TYPES, SESSION_MSG_TYPES, Action, RejectStyle, SessionPolicy, TokenBucket
@@ -155,9 +155,9 @@ Validate = Callable[[Message], "Refusal | None"]  # the data-dictionary check, a
 
 
 class Stats:
-    """Per-direction counters for audit completeness: received = forwarded + refused."""
+    """Per-direction counters for audit completeness: received = forwarded + refused + dropped."""
 
-    __slots__ = ("dropped", "forwarded", "received", "refused", "shadowed")
+    __slots__ = ("dropped", "forwarded", "modified", "received", "refused", "shadowed")
 
     def __init__(self) -> None:
         self.received = 0
@@ -165,6 +165,7 @@ class Stats:
         self.refused = 0
         self.dropped = 0
         self.shadowed = 0
+        self.modified = 0  # rewrites that changed more than the translated numbers (never expected)
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -477,7 +478,17 @@ class SessionInspector:
                 s = other.first_sender_at_or_after(int(nxt))
                 if s != int(nxt):
                     changes[b"789"] = b"%d" % s
-        return replace_fields(msg, changes) if changes else msg.raw
+        if not changes:
+            return msg.raw
+        out = replace_fields(msg, changes)
+        if not _only_changed(msg, out, changes):
+            # Unauthorised modification: the rewrite touched more than the sequence numbers. Never
+            # expected; counted and raised so an alert fires (the KPI's second half).
+            self.stats[d].modified += 1
+            res.events.append(self.event(None, Outcome.INFO, f"Rewrite of MsgSeqNum {seq} changed more than "
+                                         f"{sorted(t.decode() for t in changes)}", direction=d,
+                                         kind="integrity.modified_forward"))
+        return out
 
     def _resend_own(self, d: Direction, begin: int, end: int, other: SeqTranslator, res: ReadResult) -> None:
         """The sender of a ResendRequest (direction d) asks for the other stream's messages
@@ -643,6 +654,26 @@ def _msgtypes(allowed: frozenset[str] | None) -> frozenset[bytes] | None:
 
 def _s(b: bytes | None) -> str:
     return "?" if b is None else b.decode("latin-1")
+
+
+def _only_changed(msg: Message, out: bytes, changes: dict[bytes, bytes]) -> bool:
+    """The rewritten bytes hold exactly the original fields, in order, but for `changes`."""
+    try:
+        new = decode_one(out)
+    except ValueError:
+        return False
+    if new.check_syntax() is not None or new.begin_string != msg.begin_string:
+        return False
+    old_fields, new_fields = msg.fields, new.fields
+    if len(old_fields) != len(new_fields):
+        return False
+    pending = dict(changes)
+    for (t1, v1), (t2, v2) in zip(old_fields, new_fields, strict=True):
+        if t1 != t2:
+            return False
+        if v1 != v2 and pending.pop(t1, None) != v2:
+            return False
+    return True
 
 
 def _find_field(msg: Message, tag: bytes) -> bytes | None:

@@ -11,8 +11,6 @@
 - when `promtool` is on PATH: the rules and every dashboard query are valid PromQL, and the alerts
   fire (and stay quiet) on synthetic series at the catalogue's thresholds.
 
-The audit-trail metrics (PENDING below) are declared in metrics.py and used by the dashboard and
-the rules, but the proxy does not export them yet: for them only the declaration is checked.
 """
 
 from __future__ import annotations
@@ -41,8 +39,6 @@ ALERTS = ROOT / "deploy" / "prometheus-alerts.yml"
 CATALOGUE = ROOT.parent / "shared" / "KPIS.md"
 WAIT = 15.0
 
-# Declared, used by deploy/, not exported yet (the audit trail wires them).
-PENDING = frozenset({m.AUDIT_VERIFY_FAILURES, m.MODIFIED_FORWARDS, m.AUDIT_SEQUENCE_GAPS})
 # Labels Prometheus adds at scrape time.
 TARGET_LABELS = frozenset({"instance", "job"})
 METRIC = re.compile(r"\bfixproxy_[a-z_]+\b")
@@ -288,10 +284,6 @@ def declared() -> set[str]:
             and v != m.PREFIX}
 
 
-def test_pending_metrics_are_declared() -> None:
-    assert declared() >= PENDING
-
-
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Families]]:
     """A running proxy after some real traffic: its text exposition and its metric families."""
@@ -366,9 +358,6 @@ def test_every_metric_used_is_declared_and_exposed(
     for name in sorted(used):
         family = _family(name)
         assert family in declared(), f"{name}: not declared in fixproxy/metrics.py"
-        if family in PENDING and family not in families:
-            assert name == family + "_total", f"{name}: the pending metrics are counters"
-            continue
         assert name in series, f"{name}: not a series of the running proxy ({families.get(family, ('absent',))[0]})"
         assert f"# TYPE {name} " in text or f"# TYPE {family} " in text, name  # in the scraped text too
 
@@ -383,9 +372,7 @@ def test_labels_and_buckets_used_exist(
     for expr in exprs:
         for name, matchers in SELECTOR.findall(expr):
             family = _family(name)
-            if family not in families:
-                assert family in PENDING, name
-                continue
+            assert family in families, f"{name}: not exposed by the running proxy"
             _, labels, les = families[family]
             parsed = MATCHER.findall(matchers)
             assert "".join(f'{k}{op}"{v}",' for k, op, v in parsed).rstrip(",") == re.sub(
@@ -403,8 +390,6 @@ def test_labels_and_buckets_used_exist(
             names = {g.strip() for g in grouping.split(",")}
             inner = set(METRIC.findall(expr))
             known = set().union(*(families.get(_family(n), ("", set(), set()))[1] for n in inner))
-            if any(_family(n) in PENDING for n in inner):
-                continue
             assert names <= known | TARGET_LABELS | {"le"}, (expr, names - known)
 
 
