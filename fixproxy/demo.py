@@ -228,7 +228,7 @@ class Stack:
         heartbeat: int = 30,
         **config_kw: Any,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()  # the config names files by absolute path
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.compids = compids
         self.begin_string = begin_string
@@ -359,6 +359,7 @@ def _quietly(fn: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------
 def run_demo(workdir: Path, orders: int = 20) -> int:
+    workdir = Path(workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     t0 = time.monotonic()
