@@ -7,24 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from helpers import wait as _wait
 
 from fixproxy.audit import generate_signing_key, verify
 from fixproxy.demo import Stack
 from fixproxy.reasons import Reason
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 class _Subscriber:

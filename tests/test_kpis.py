@@ -27,8 +27,6 @@ import contextlib
 import math
 import os
 import re
-import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,6 +35,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from helpers import handshake_refused, wait
 
 from fixproxy import metrics as m
 from fixproxy import tls as tlsmod
@@ -128,15 +127,6 @@ def samples(stack: Stack, name: str) -> list[tuple[dict[str, str], float]]:
     return pt.sync(read)
 
 
-def wait(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(0.02)
-
-
 def wait_value(stack: Stack, name: str, at_least: float, **labels: str) -> float:
     """Wait until the sample reaches `at_least` (the proxy records off the FIX path)."""
     wait(lambda: value(stack, name, **labels) >= at_least)
@@ -182,19 +172,6 @@ def trade(raw: RawFixClient, cl_ord_id: str) -> Message:
 
 def reject_for(raw: RawFixClient, seq: int) -> Message | None:
     return raw.wait_for(lambda msg: msg.msg_type == b"3" and msg.get(b"45") == b"%d" % seq, WAIT)
-
-
-def handshake_refused(port: int, ctx: ssl.SSLContext) -> bool:
-    """TLS 1.3: the client finishes first, so the refusal shows as EOF/reset on the first read."""
-    try:
-        with (
-            socket.create_connection((LOCAL, port), timeout=WAIT) as sock,
-            ctx.wrap_socket(sock, server_hostname="localhost") as tls_sock,
-        ):
-            tls_sock.settimeout(WAIT)
-            return tls_sock.recv(1) == b""
-    except (ssl.SSLError, OSError):
-        return True
 
 
 def ats_key(compid: str) -> str:

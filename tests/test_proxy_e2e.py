@@ -13,13 +13,12 @@ endpoints and starts its own.
 from __future__ import annotations
 
 import re
-import socket
-import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import handshake_refused as _refused_at_handshake
+from helpers import wait as _wait
 
 from fixproxy.certs import revoke
 from fixproxy.demo import Stack
@@ -117,28 +116,6 @@ def logon_events(stack: Stack, session: str) -> list[SecurityEvent]:
 
 def logon_responses(oms: OrderEntry) -> int:
     return sum(1 for t in oms.event_texts() if t == "Received logon response")
-
-
-def _refused_at_handshake(port: int, ctx: ssl.SSLContext) -> bool:
-    """TLS 1.3: the client finishes first, so a refusal shows as EOF/reset on the first read."""
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls_sock,
-        ):
-            tls_sock.settimeout(WAIT)
-            return tls_sock.recv(1) == b""
-    except (ssl.SSLError, OSError):
-        return True
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- 1. the plain flow -------------------------------------------------------------------------------

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import handshake_refused, wait
 
 from fixproxy import tls as tlsmod
 from fixproxy.certs import init_dev_pki, issue_client_cert, revoke
@@ -63,15 +62,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def wait(predicate: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(0.05)
-
-
 def events(stack: Stack, reason: Reason | None = None, *, kind: str | None = None) -> list[SecurityEvent]:
     assert stack.proxy is not None
     return [
@@ -104,20 +94,6 @@ class AtsContact:
             self.stack.ats_bridges[0].connections == self.connections
             and len(self.stack.ats[0].messages("A")) == self.logons
         )
-
-
-def handshake_refused(port: int, ctx: ssl.SSLContext) -> bool:
-    """Connect and read. TLS 1.3: the client finishes its handshake first, so the server's refusal
-    shows as EOF or a reset on the first read (no alert is flushed; see fixproxy.tls)."""
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw,
-            ctx.wrap_socket(raw, server_hostname="localhost") as s,
-        ):
-            s.settimeout(WAIT)
-            return s.recv(1) == b""
-    except (ssl.SSLError, OSError):
-        return True
 
 
 def logged_on(stack: Stack, compid: str, **kw: Any) -> RawFixClient:
