@@ -26,6 +26,16 @@ system-deps:
 lint: $(STAMP)
 	$(PY) -m ruff check fixproxy tests bench
 
+# sslyze (tests/test_tls_posture.py) pins its own cryptography range: it gets its own venv.
+SSLYZE_VENV ?= .venv-sslyze
+.PHONY: sslyze-venv
+sslyze-venv: $(SSLYZE_VENV)/.installed-stamp
+$(SSLYZE_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install -q 'sslyze>=6'
+	touch $@
+test: sslyze-venv
+
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
 
@@ -38,7 +48,7 @@ bench-codec: $(STAMP)
 	$(PY) bench/bench_inspector.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SSLYZE_VENV) .pytest_cache .ruff_cache .hypothesis
 
 # Latency benchmark (bench/run_bench.py, bench/README.md): direct / relay / fixproxy, plain and TLS.
 # bench: 1k, 10k, 50k msg/s and saturation, 1,000 idle sessions, a profile (a few minutes).
