@@ -383,7 +383,12 @@ class FixProxy:
             if audit is None:
                 continue
             before = audit.written
-            audit.flush()
+            try:
+                audit.flush()
+            except Exception as exc:
+                if audit.error is None:
+                    audit.error = exc
+                log.warning("audit trail cannot be written: %s", exc)
             self.m_audit_records.inc(max(0, audit.written - before))
             down = audit.error is not None
             fail_closed = down and self.config.audit is not None and self.config.audit.fail_closed
@@ -521,7 +526,10 @@ class FixProxy:
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.audit is not None:
-            self.audit.close()
+            try:
+                self.audit.close()
+            except Exception:
+                log.exception("audit trail not closed cleanly")
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
