@@ -59,3 +59,14 @@ bench: $(STAMP)
 
 bench-ci: $(STAMP)
 	$(PY) bench/run_bench.py --preset ci
+
+# Fuzz the FIX decoder with atheris (libFuzzer) for FUZZ_SECONDS, from the seed corpus in
+# tests/data/fuzz; new inputs go to $(VENV)/fuzz-corpus, crashing inputs to .fuzz-crashes/.
+# Uses the venv (VENV=/path to pick another); atheris is installed into it when missing.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: $(STAMP)
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q atheris
+	mkdir -p $(VENV)/fuzz-corpus .fuzz-crashes
+	$(PY) tests/fuzz_decoder.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.fuzz-crashes/ \
+	  $(VENV)/fuzz-corpus tests/data/fuzz
