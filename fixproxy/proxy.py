@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fixproxy")
 AUDIT_VERIFY_INTERVAL = 300.0  # seconds between full verifications of the running proxy's audit trail
+SLOW_READER_SECONDS = 30.0  # a leg whose buffer stays full this long is closed (no HeartBtInt known)
 _SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
                                m.ENCRYPTION_COVERAGE, m.SESSION_UP, m.AUDIT_IN_FLIGHT, m.LATENCY_ANOMALIES,
                                m.HOSTILE_BLOCKED_RATIO, m.LEGITIMATE_DELIVERED_RATIO})
@@ -100,7 +101,7 @@ class Link:
             # fed to the inspector once it exists; reading pauses meanwhile, so this stays one read.
             if self.early is None:
                 self.early = []
-                self.oms.pause()
+                self.oms.pause("early")
             self.early.append(data)
             return
         self.proxy.bytes_by_leg["oms"] += len(data)
@@ -158,7 +159,7 @@ class Link:
     # ---- lifecycle ------------------------------------------------------------------------
     async def open_upstream(self) -> None:
         proxy = self.proxy
-        self.oms.pause()  # nothing more from the OMS until its ATS leg exists
+        self.oms.pause("connecting")  # nothing more from the OMS until its ATS leg exists
         try:
             ats = await proxy.connect_upstream(self)
         except Exception as exc:
@@ -173,7 +174,7 @@ class Link:
             ats.write(pending)
             if proxy.failover.pending_since is not None:
                 proxy.recovered()  # the Logon is the first message delivered to the new endpoint
-        self.oms.resume()
+        self.oms.resume("connecting")
 
     def close(self, refusal: Refusal | None = None, *, event: bool = False) -> None:
         if self.closing:
@@ -198,38 +199,50 @@ class _Leg(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.link: Link | None = None
-        self.paused_peer = False
+        self.paused_for: set[str] = set()  # why reading is paused; resumed only when empty
+        self.full_since: float | None = None  # perf_counter() since our write buffer toward it is full
 
     def write(self, chunks: list[bytes]) -> None:
         self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
-    def pause(self) -> None:
-        with contextlib.suppress(AttributeError, RuntimeError):
-            self.transport.pause_reading()
+    def pause(self, why: str) -> None:
+        first = not self.paused_for
+        self.paused_for.add(why)
+        if first:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.pause_reading()
 
-    def resume(self) -> None:
-        with contextlib.suppress(AttributeError, RuntimeError):
-            self.transport.resume_reading()
+    def resume(self, why: str) -> None:
+        if why not in self.paused_for:
+            return
+        self.paused_for.discard(why)
+        if not self.paused_for:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.resume_reading()
 
-    # Our write buffer toward this leg is full: stop reading from the other leg, so a reader
-    # that does not read cannot make the proxy's memory grow.
+    # Our write buffer toward this leg is full. Stop reading from BOTH legs: the other leg's
+    # messages are forwarded into this buffer, and this leg's own messages draw the proxy's answers
+    # (Rejects, GapFills) into it. So a peer that does not read cannot make the proxy's memory grow;
+    # one that stays full past the idle limit is closed (SLOW_READER).
     def pause_writing(self) -> None:
         link = self.link
         if link is None:
             return
+        self.full_since = perf()
         other = link.ats if self is link.oms else link.oms
         if other is not None:
-            other.pause()
-            self.paused_peer = True
+            other.pause("peer_full")
+        self.pause("own_full")
 
     def resume_writing(self) -> None:
         link = self.link
-        if link is None or not self.paused_peer:
+        if link is None:
             return
+        self.full_since = None
         other = link.ats if self is link.oms else link.oms
         if other is not None:
-            other.resume()
-        self.paused_peer = False
+            other.resume("peer_full")
+        self.resume("own_full")
 
 
 class OmsLeg(_Leg):
@@ -583,7 +596,7 @@ class FixProxy:
         self.m_connections.labels("oms", "accepted").inc()
         early, link.early = link.early, None
         if early:
-            link.oms.resume()
+            link.oms.resume("early")
             link.from_oms(b"".join(early))
 
     def _inspector(self, link: Link) -> SessionInspector:
@@ -739,11 +752,17 @@ class FixProxy:
                         link.close(Refusal(reason, "No Logon before the deadline"), event=True)
                     continue
                 hb = insp.heartbeat_interval
-                if hb:
-                    limit = hb * insp.state.policy.idle_factor + 1.0
-                    if now - link.last_read > limit:
-                        link.close(Refusal(Reason.IDLE_TIMEOUT, f"Nothing received for {limit:.0f} s"),
-                                   event=True)
+                limit = hb * insp.state.policy.idle_factor + 1.0 if hb else SLOW_READER_SECONDS
+                slow = next((leg for leg in (link.oms, link.ats)
+                             if leg is not None and leg.full_since is not None and now - leg.full_since > limit),
+                            None)
+                if slow is not None:
+                    who = "OMS" if slow is link.oms else "ATS"
+                    link.close(Refusal(Reason.SLOW_READER, f"{who} has not read what it was sent for {limit:.0f} s"),
+                               event=True)
+                elif hb and not link.oms.paused_for and now - link.last_read > limit:
+                    # (while reading is paused by backpressure, silence is ours, not the peer's)
+                    link.close(Refusal(Reason.IDLE_TIMEOUT, f"Nothing received for {limit:.0f} s"), event=True)
 
     # ---- admin operations (fixproxy.admin.AdminTarget) ------------------------------------
     async def reload(self) -> dict[str, Any]:
