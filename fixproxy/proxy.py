@@ -281,7 +281,9 @@ class AtsLeg(_Leg):
     def connection_lost(self, exc: Exception | None) -> None:
         link = self.link
         if link is not None and not link.closing:
-            link.proxy.upstream_lost(link)
+            insp = link.inspector
+            if insp is None or not insp.logout_seen:  # after a Logout, closing is the normal end
+                link.proxy.upstream_lost(link)
             link.close()
 
 

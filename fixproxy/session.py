@@ -186,6 +186,7 @@ class SessionInspector:
         self._authorise = authorise
         self._guard = leak_guard
         self._on_behalf: frozenset[bytes] | None = None
+        self.logout_seen = False
         # Set by the proxy while the audit trail cannot be written and policy is fail-closed.
         self.refuse_orders: Refusal | None = None
         self._validator_for = validator
@@ -320,6 +321,8 @@ class SessionInspector:
                 state.next_seq[d] = int(new)
         if mt == b"A" and d is OUTBOUND:
             self._ats_logon_seen = True
+        elif mt == b"5":
+            self.logout_seen = True  # the close that follows is the session ending, not a failure
         # -- policy -----------------------------------------------------------------------------
         refusal = None
         allowed = self._allowed[d]

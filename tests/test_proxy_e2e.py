@@ -39,6 +39,7 @@ SESSIONS = {
     "OMSR": {},  # resend after a disconnect
     "OMS42": {"begin_string": "FIX.4.2"},
     "OMS50": {"begin_string": "FIXT.1.1"},
+    "OMSL": {},  # a normal Logout
 }
 
 # Refused handshakes count toward the brute-force block of 127.0.0.1, which would end every other
@@ -354,3 +355,23 @@ def test_failover_drill_to_the_standby_and_back(tmp_path: Path) -> None:
         assert not _SEQUENCE_ERROR.search(standby_events), standby_events
     finally:
         stack.stop()
+
+
+def test_a_normal_logout_is_not_an_upstream_failure(stack: Stack) -> None:
+    """After a Logout exchange the ATS closes its connection: the session ended, nothing failed,
+    so no failover is recorded and the recovery-time KPI is not skewed."""
+    assert stack.proxy is not None and stack.proxy.proxy is not None
+    proxy = stack.proxy.proxy
+    before = stack.proxy.sync(lambda: (len(proxy.failover.history), proxy.failover.pending_since))
+    raw = stack.raw_client("OMSL")
+    try:
+        assert raw.logon() is not None
+        raw.send("5", [(58, "end of day")])
+        assert raw.wait_for(lambda m: m.msg_type == b"5", WAIT) is not None
+        assert raw.closed_by_peer(WAIT)
+    finally:
+        raw.close()
+    assert _wait(lambda: stack.proxy.sync(lambda: not any(
+        lk.inspector and lk.inspector.session_name == "OMSL" for lk in proxy.links)))
+    after = stack.proxy.sync(lambda: (len(proxy.failover.history), proxy.failover.pending_since))
+    assert after == before == (before[0], None)
