@@ -70,3 +70,16 @@ fuzz: $(STAMP)
 	mkdir -p $(VENV)/fuzz-corpus .fuzz-crashes
 	$(PY) tests/fuzz_decoder.py -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.fuzz-crashes/ \
 	  $(VENV)/fuzz-corpus tests/data/fuzz
+
+# The longer run of the hardening suites: SOAK_ROUNDS passes of the fault, flood and adversarial
+# tests (each pass must be green), then SOAK_FUZZ_SECONDS of decoder fuzzing.
+SOAK_ROUNDS ?= 5
+SOAK_FUZZ_SECONDS ?= 600
+.PHONY: soak
+soak: $(STAMP) system-deps
+	@for i in $$(seq 1 $(SOAK_ROUNDS)); do \
+	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
+	  $(PY) -m pytest -q -p no:randomly tests/test_faults.py tests/test_floods.py tests/test_adversarial.py \
+	    tests/test_proxy_e2e.py tests/test_proxy_refusals.py || exit 1; \
+	done
+	$(MAKE) fuzz FUZZ_SECONDS=$(SOAK_FUZZ_SECONDS)
