@@ -27,7 +27,9 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Self
+from typing import Any
+
+from .threadedserver import ThreadedServer
 
 _CHUNK = 64 * 1024
 _DIRECTIONS = ("up", "down")
@@ -60,11 +62,12 @@ class _Conn:
             side.transport.abort()
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
+    thread_name = "faultproxy"
+
     def __init__(self, listen_port: int, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1",
                  seed: int | None = None) -> None:
-        self.listen_host = listen_host
-        self.port = listen_port
+        super().__init__(listen_host, listen_port)
         self.target_host = target_host
         self.target_port = target_port
         self.faults = {d: Faults() for d in _DIRECTIONS}
@@ -73,10 +76,6 @@ class FaultProxy:
         self.errors: list[str] = []
         self._rng = random.Random(seed)
         self._conns: set[_Conn] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     # -- control (any thread) ----------------------------------------------------------------------
     def set(self, direction: str = "both", **faults: Any) -> None:
@@ -117,64 +116,9 @@ class FaultProxy:
     def active(self) -> int:
         return len(self._conns)
 
-    # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 5.0) -> Self:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, args=(ready, failure), name=f"faultproxy-{self.port}",
-                                        daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError("fault proxy did not start")
-        if failure:
-            raise failure[0]
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or loop is None or stopping is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout)
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- the loop ----------------------------------------------------------------------------------
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(ready))
-        except BaseException as exc:
-            failure.append(exc)
-            ready.set()
-        finally:
-            loop.close()
-
-    async def _serve(self, ready: threading.Event) -> None:
-        self._stopping = asyncio.Event()
-        server = await asyncio.start_server(self._handle, self.listen_host, self.port)
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            server.close()
-            for c in list(self._conns):
-                c.rst()
-            for t in list(self._tasks):
-                t.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await server.wait_closed()
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+    def _abort_connections(self) -> None:
+        for c in list(self._conns):
+            c.rst()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -15,10 +15,9 @@ It runs its own asyncio loop in its own thread so tests and the demo can use it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
-import threading
-from typing import Self
+
+from .threadedserver import ThreadedServer
 
 _CHUNK = 64 * 1024
 _HANDSHAKE_TIMEOUT = 10.0
@@ -26,7 +25,7 @@ _CONNECT_TIMEOUT = 10.0
 _CLOSE_TIMEOUT = 2.0  # for the TLS close_notify exchange; then the socket is simply dropped
 
 
-class TlsBridge:
+class TlsBridge(ThreadedServer):
     """Accept on 127.0.0.1:`listen_port`, connect each connection to the target, pump bytes.
 
     Build one with `client` (plain in, TLS out) or `server` (TLS in, plain out). ``port`` is the
@@ -46,8 +45,7 @@ class TlsBridge:
         server_hostname: str | None = None,
         listen_host: str = "127.0.0.1",
     ) -> None:
-        self.listen_host = listen_host
-        self.port = listen_port
+        super().__init__(listen_host, listen_port)
         self.target_host = target_host
         self.target_port = target_port
         self._accept_tls = accept_tls
@@ -56,12 +54,9 @@ class TlsBridge:
         self.connections = 0
         self.errors: list[str] = []
         self.peer_subjects: list[str] = []
-        self._lock = threading.Lock()  # start/stop may be called from any thread
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
+
+    thread_name = "tlsbridge"
 
     @classmethod
     def client(
@@ -97,79 +92,6 @@ class TlsBridge:
     def active(self) -> int:
         """Connections currently open."""
         return self._active
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self, timeout: float = 5.0) -> None:
-        """Listen and return once the port is bound (raises if it cannot be). Idempotent."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            ready = threading.Event()
-            failure: list[BaseException] = []
-            thread = threading.Thread(
-                target=self._run, args=(ready, failure), name=f"tlsbridge-{self.port}", daemon=True
-            )
-            thread.start()
-            if not ready.wait(timeout):
-                raise TimeoutError("TLS bridge did not start")
-            if failure:
-                thread.join(timeout)
-                raise failure[0]
-            self._thread = thread
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the listener and every open connection, then end the thread. Idempotent."""
-        with self._lock:
-            thread, loop, stopping = self._thread, self._loop, self._stopping
-            if thread is None or loop is None or stopping is None:
-                return
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(stopping.set)
-            thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- the event loop thread ---------------------------------------------------------------------
-
-    def _run(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(ready, failure))
-        except BaseException as exc:  # startup failures are re-raised by start()
-            failure.append(exc)
-            ready.set()
-        finally:
-            loop.close()
-
-    async def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        self._stopping = asyncio.Event()
-        # The listener is plain TCP even for a server bridge: the TLS handshake is done per
-        # connection in _handle, so a failed handshake is recorded in ``errors`` instead of
-        # vanishing into asyncio's default exception handler.
-        server = await asyncio.start_server(self._handle, self.listen_host, self.port)
-        self.port = server.sockets[0].getsockname()[1]
-        ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
-            server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await server.wait_closed()
-            # Aborted transports close their sockets from a loop callback: let it run before the
-            # loop is closed, or the sockets leak (ResourceWarning).
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
 
     def _error(self, text: str) -> None:
         self.errors.append(text)
