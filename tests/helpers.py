@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+from fixproxy.demo import Stack
 
 WAIT = 15.0  # generous: the machine is noisy; only outcomes are asserted
 
@@ -33,3 +37,20 @@ def handshake_refused(port: int, ctx: ssl.SSLContext, timeout: float = WAIT) -> 
             return s.recv(1) == b""
     except (ssl.SSLError, OSError):
         return True
+
+
+# Refused handshakes count toward the brute-force block of 127.0.0.1, which would end every other
+# test sharing a proxy: suites that refuse on purpose raise the threshold.
+NO_BRUTEFORCE = "\n[auth]\nbruteforce_threshold = 1000\n"
+
+
+@contextlib.contextmanager
+def started_stack(workdir: Path, sessions: dict[str, dict[str, Any]], *, oms: bool = False,
+                  extra: str = NO_BRUTEFORCE, **kw: Any) -> Iterator[Stack]:
+    """A `Stack` (real ATS engine, fixproxy, optionally the OMS engines) for a module's tests."""
+    s = Stack(workdir, list(sessions), sessions=sessions, extra=extra, **kw)
+    try:
+        s.start(oms=oms)
+        yield s
+    finally:
+        s.stop()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import started_stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,17 +68,8 @@ SESSIONS: dict[str, dict[str, Any]] = {c: {} for c in CASES}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(
-        tmp_path_factory.mktemp("adversarial"),
-        list(SESSIONS),
-        sessions=SESSIONS,
-        extra="\n[auth]\nbruteforce_threshold = 1000\n",
-    )
-    try:
-        s.start(oms=False)
+    with started_stack(tmp_path_factory.mktemp("adversarial"), SESSIONS) as s:
         yield s
-    finally:
-        s.stop()
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import NO_BRUTEFORCE
 
 import fixproxy.demo as demo
 from fixproxy.demo import Stack
@@ -29,7 +30,6 @@ from fixproxy.engines import OrderEntry
 from fixproxy.faultproxy import FaultProxy
 
 WAIT = 20.0
-NO_BRUTEFORCE = "\n[auth]\nbruteforce_threshold = 1000\n"
 _SEQUENCE_ERROR = re.compile(r"MsgSeqNum too low|NextExpectedMsgSeqNum too high")
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from helpers import handshake_refused, wait
+from helpers import NO_BRUTEFORCE, handshake_refused, wait
 
 from fixproxy import metrics as m
 from fixproxy import tls as tlsmod
@@ -75,7 +75,6 @@ SESSIONS: dict[str, dict[str, Any]] = {
 ANOMALY = "\n[anomaly]\nwarmup = 20\nn = 3\nk = 3\n"
 # Refused handshakes count toward the brute-force block of 127.0.0.1: the shared proxy has a high
 # threshold, the brute-force test uses the failover stack's default one.
-NO_BRUTEFORCE = "\n[auth]\nbruteforce_threshold = 1000\n"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import NO_BRUTEFORCE
 from helpers import handshake_refused as _refused_at_handshake
 from helpers import wait as _wait
 
@@ -44,7 +45,6 @@ SESSIONS = {
 
 # Refused handshakes count toward the brute-force block of 127.0.0.1, which would end every other
 # test here: the reload test makes a few on purpose (and OMS2's engine retries until stopped).
-NO_BRUTEFORCE = "\n[auth]\nbruteforce_threshold = 1000\n"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import handshake_refused, wait
+from helpers import handshake_refused, started_stack, wait
 
 from fixproxy import tls as tlsmod
 from fixproxy.certs import init_dev_pki, issue_client_cert, revoke
@@ -46,17 +46,8 @@ SESSIONS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(
-        tmp_path_factory.mktemp("refusals"),
-        list(SESSIONS),
-        sessions=SESSIONS,
-        extra="\n[auth]\nbruteforce_threshold = 1000\n",
-    )
-    try:
-        s.start(oms=False)
+    with started_stack(tmp_path_factory.mktemp("refusals"), SESSIONS) as s:
         yield s
-    finally:
-        s.stop()
 
 
 # -- helpers ----------------------------------------------------------------------------------------
