@@ -16,6 +16,7 @@ Design goals, in order (the h11 receive buffer is the model):
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from collections.abc import Iterable
@@ -171,6 +172,7 @@ class Message:
     """
 
     __slots__ = (
+        "_checked_with",
         "_fields",
         "_index",
         "_key",
@@ -194,6 +196,8 @@ class Message:
         self._fields: list[tuple[bytes, bytes]] | None = None
         self._index: dict[bytes, bytes] | None = None
         self._key: bytes | None = None  # tags joined by "=", when check_syntax's fast path saw them
+        # The Limits the C scanner already checked the syntax under (fields split, index built).
+        self._checked_with: Limits | None = None
 
     def __repr__(self) -> str:
         return f"Message({self.raw.replace(SOH, b'|')!r})"
@@ -274,6 +278,8 @@ class Message:
         """Tag and value syntax, field count, data fields, single header fields.
 
         Returns the first problem or None; on success the fields are split and ready."""
+        if self._checked_with is limits:
+            return None  # the C scanner split and checked it under these limits (see _speedups.c)
         body = self.raw[self.body_start : self.trailer_start]
         nfields = body.count(SOH)
         if nfields > limits.max_fields:
@@ -441,7 +447,16 @@ class Decoder:
         cs_digits = _CHECKSUM_DIGITS
         prefix = self._prefix  # b"8=FIX.4.4\x019=" of the last message: one call checks 8= and 9=
         begin = self._begin
+        scan = _scan
+        limits = self.limits
         while pos < n:
+            if scan is not None:
+                # The C scanner takes every well-formed message it can; it stops at the first byte
+                # it is not sure about, and the code below decides about that one, then hands back.
+                pos = scan(buf, pos, prefix, begin, max_size, self._max_digits, limits.max_fields,
+                           limits.max_tag_digits, limits, out)
+                if pos >= n:
+                    break
             if buf.startswith(prefix, pos):
                 p9 = pos + len(prefix) - 2
             else:
@@ -635,6 +650,24 @@ def replace_fields(msg: Message, changes: dict[bytes, bytes]) -> bytes:
     head = b"8=" + msg.begin_string + b"\x019=" + str(len(new_body)).encode() + SOH
     out = head + new_body
     return out + b"10=%03d\x01" % checksum(out)
+
+
+def _load_speedups():  # -> the module or None
+    """The optional C scanner (fixproxy/_speedups.c), or None: FIXPROXY_PURE=1, or not built."""
+    if os.environ.get("FIXPROXY_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    careful = [int(t) for t in _DATA_LENGTH_SET | _ENVELOPE_TAGS]
+    _speedups.configure(Message, careful, [int(t) for t in sorted(_SINGLE_HEADER_TAGS)])
+    return _speedups
+
+
+_speedups = _load_speedups()
+_scan = _speedups.scan if _speedups is not None else None
+SPEEDUPS = _speedups is not None  # reported by `fixproxy --version` and the bench
 
 
 def decode_one(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:

@@ -37,7 +37,7 @@ from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 
-from fixproxy.codec import Message
+from fixproxy.codec import Message, _speedups
 from fixproxy.reasons import Reason, Refusal
 
 __all__ = ["DEFAULT_MAX_GROUP_COUNT", "MODES", "DataDictionary", "load_for_version"]
@@ -373,6 +373,14 @@ def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
     return True
 
 
+_py_plan_passes = _plan_passes
+if _speedups is not None:  # the same checks in C (fixproxy/_speedups.c); the Python above is the reference
+    _c_plan_passes = _speedups.plan_passes
+
+    def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
+        return _c_plan_passes(checks, values, _value_ok)
+
+
 class DataDictionary:
     """A compiled FIX data dictionary: one XML, or a FIXT transport XML plus an application XML."""
 
@@ -510,7 +518,9 @@ class DataDictionary:
             spec = self._messages.get(msg_type)
             if spec is not None and self.max_plans > 0:
                 plan = spec.plans[mode == "lenient"].get(key)
-                if plan is not None and plan[0] == len(values) and _plan_passes(plan[1], values):
+                if plan is not None and plan[0] == len(values) and (
+                        _c_plan_passes(plan[1], values, _value_ok) if _speedups is not None
+                        else _plan_passes(plan[1], values)):
                     return None
         return self.validate(msg_type, list(zip(tags, values, strict=True)), mode=mode)
 

@@ -1,0 +1,529 @@
+/*
+ * fixproxy._speedups: the per-message hot path of the codec and the dictionary, in C.
+ *
+ * Optional. fixproxy/codec.py and fixproxy/dictionary.py are the reference implementation and are
+ * used when this module is not built (or FIXPROXY_PURE=1). This file only takes the COMMON case
+ * faster, and hands everything else back to Python unchanged:
+ *
+ *   scan()         frames consecutive well-formed messages (the same checks as Decoder.feed, in
+ *                  the same order) and, for a message whose fields pass the fast syntax check,
+ *                  splits them once: tags, values, the tag key and the tag -> value index. It stops
+ *                  at the first byte it is not sure about and returns that position: the Python
+ *                  decoder then handles it (need more bytes, or a framing error with its reason).
+ *                  A message that frames fine but whose fields need the careful path (a data field,
+ *                  8/9/10 in the body, a repeated header tag, a bad tag...) is returned unsplit, and
+ *                  Message.check_syntax decides about it exactly as without this module.
+ *   plan_passes()  dictionary.py's _plan_passes: a cached plan's value checks.
+ *
+ * Differential tests (tests/test_speedups.py) run both implementations on the same inputs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+#define SOH 0x01
+#define MAX_CACHED_TAG 100000 /* tags of at most 5 digits: one shared bytes object each */
+
+static PyObject *tag_cache[MAX_CACHED_TAG];
+
+/* Slot offsets of fixproxy.codec.Message, read from its member descriptors at configure(). */
+enum {
+    S_RAW, S_BEGIN, S_MT, S_BODY, S_TRAILER, S_TAGS, S_VALUES, S_FIELDS, S_INDEX, S_KEY, S_CHECKED,
+    N_SLOTS
+};
+static const char *slot_names[N_SLOTS] = {
+    "raw", "begin_string", "msg_type", "body_start", "trailer_start", "_tags", "_values", "_fields",
+    "_index", "_key", "_checked_with",
+};
+static Py_ssize_t slot_offset[N_SLOTS];
+static PyTypeObject *message_type = NULL;
+
+/* Tags that make the fast split hand over to Python: data-length fields (their data field may hold
+ * SOH), and the envelope tags 8/9/10, which must not appear in the body. */
+static unsigned char careful_tag[MAX_CACHED_TAG];
+/* Header tags that must not repeat: index into a bit mask, 0 = not single. */
+static unsigned char single_tag[MAX_CACHED_TAG];
+
+static PyObject *
+get_tag(long t, const char *s, Py_ssize_t len)
+{
+    PyObject *o = tag_cache[t];
+    if (o == NULL) {
+        o = PyBytes_FromStringAndSize(s, len);
+        if (o == NULL)
+            return NULL;
+        (void)PyObject_Hash(o); /* cached in the object from now on */
+        tag_cache[t] = o;
+    }
+    Py_INCREF(o);
+    return o;
+}
+
+static void
+set_slot(PyObject *obj, int slot, PyObject *value) /* steals value */
+{
+    PyObject **p = (PyObject **)((char *)obj + slot_offset[slot]);
+    PyObject *old = *p;
+    *p = value;
+    Py_XDECREF(old);
+}
+
+/* configure(message_cls, careful_tags, single_tags) */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *cls, *careful, *single;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyType_Type, &cls, &careful, &single))
+        return NULL;
+    for (int i = 0; i < N_SLOTS; i++) {
+        PyObject *d = PyObject_GetAttrString(cls, slot_names[i]);
+        if (d == NULL)
+            return NULL;
+        if (Py_TYPE(d) != &PyMemberDescr_Type) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "Message.%s is not a slot", slot_names[i]);
+            return NULL;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "Message.%s is not an object slot", slot_names[i]);
+            return NULL;
+        }
+        slot_offset[i] = m->offset;
+        Py_DECREF(d);
+    }
+    memset(careful_tag, 0, sizeof careful_tag);
+    memset(single_tag, 0, sizeof single_tag);
+    PyObject *it = PyObject_GetIter(careful);
+    if (it == NULL)
+        return NULL;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        long t = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (t > 0 && t < MAX_CACHED_TAG)
+            careful_tag[t] = 1;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    it = PyObject_GetIter(single);
+    if (it == NULL)
+        return NULL;
+    int bit = 0;
+    while ((item = PyIter_Next(it)) != NULL) {
+        long t = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (++bit > 63) {
+            Py_DECREF(it);
+            PyErr_SetString(PyExc_ValueError, "at most 63 single tags");
+            return NULL;
+        }
+        if (t > 0 && t < MAX_CACHED_TAG)
+            single_tag[t] = (unsigned char)bit;
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_XDECREF(message_type);
+    Py_INCREF(cls);
+    message_type = (PyTypeObject *)cls;
+    Py_RETURN_NONE;
+}
+
+/* Split the body [b, e) (from "35=" to the SOH before "10=", inclusive). On success sets tags,
+ * values, key and index on msg and returns 1; returns 0 when the careful path must decide (nothing
+ * set), -1 on a Python error. */
+static int
+split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields, Py_ssize_t max_tag_digits)
+{
+    Py_ssize_t nfields = 0;
+    for (const char *p = b; p < e; p++)
+        nfields += (*p == SOH);
+    if (nfields > max_fields || nfields == 0 || e[-1] != SOH)
+        return 0;
+    struct { long tag; const char *ts; int tl; const char *vs; Py_ssize_t vl; } stackf[128], *f = stackf;
+    if (nfields > 128) {
+        f = PyMem_Malloc(sizeof(*f) * (size_t)nfields);
+        if (f == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    int result = 0;
+    unsigned long long seen_single = 0;
+    Py_ssize_t keylen = 0;
+    const char *p = b;
+    for (Py_ssize_t i = 0; i < nfields; i++) {
+        const char *ts = p;
+        long tag = 0;
+        if (*p < '1' || *p > '9')
+            goto done;
+        while (p < e && *p >= '0' && *p <= '9') {
+            tag = tag * 10 + (*p - '0');
+            p++;
+            if (p - ts > 5)
+                goto done;
+        }
+        if (p >= e || *p != '=' || p - ts > max_tag_digits)
+            goto done;
+        int tl = (int)(p - ts);
+        if (careful_tag[tag])
+            goto done;
+        unsigned char bit = single_tag[tag];
+        if (bit) {
+            unsigned long long m = 1ULL << bit;
+            if (seen_single & m)
+                goto done;
+            seen_single |= m;
+        }
+        const char *vs = ++p;
+        const char *soh = memchr(p, SOH, (size_t)(e - p));
+        if (soh == NULL || soh == vs) /* soh is never NULL (e[-1] is SOH); empty value */
+            goto done;
+        f[i].tag = tag;
+        f[i].ts = ts;
+        f[i].tl = tl;
+        f[i].vs = vs;
+        f[i].vl = soh - vs;
+        keylen += tl + 1;
+        p = soh + 1;
+    }
+    if (p != e)
+        goto done;
+    {
+        PyObject *tags = PyList_New(nfields), *values = PyList_New(nfields), *index = PyDict_New();
+        PyObject *key = PyBytes_FromStringAndSize(NULL, keylen - 1);
+        if (tags == NULL || values == NULL || index == NULL || key == NULL)
+            goto fail;
+        char *k = PyBytes_AS_STRING(key);
+        for (Py_ssize_t i = 0; i < nfields; i++) {
+            PyObject *t = get_tag(f[i].tag, f[i].ts, f[i].tl);
+            if (t == NULL)
+                goto fail;
+            PyList_SET_ITEM(tags, i, t);
+            PyObject *v = PyBytes_FromStringAndSize(f[i].vs, f[i].vl);
+            if (v == NULL)
+                goto fail;
+            PyList_SET_ITEM(values, i, v);
+            if (PyDict_SetItem(index, t, v) < 0)
+                goto fail;
+            if (i)
+                *k++ = '=';
+            memcpy(k, f[i].ts, (size_t)f[i].tl);
+            k += f[i].tl;
+        }
+        set_slot(msg, S_TAGS, tags);
+        set_slot(msg, S_VALUES, values);
+        set_slot(msg, S_INDEX, index);
+        set_slot(msg, S_KEY, key);
+        result = 1;
+        goto done;
+    fail:
+        Py_XDECREF(tags);
+        Py_XDECREF(values);
+        Py_XDECREF(index);
+        Py_XDECREF(key);
+        result = -1;
+    }
+done:
+    if (f != stackf)
+        PyMem_Free(f);
+    return result;
+}
+
+static PyObject *
+new_message(PyObject *buf, Py_ssize_t pos, Py_ssize_t end, PyObject *begin, Py_ssize_t body_start,
+            Py_ssize_t mt_end, Py_ssize_t body_end)
+{
+    const char *s = PyBytes_AS_STRING(buf);
+    PyObject *msg = message_type->tp_alloc(message_type, 0);
+    if (msg == NULL)
+        return NULL;
+    PyObject *raw = PyBytes_FromStringAndSize(s + pos, end - pos);
+    PyObject *mt = PyBytes_FromStringAndSize(s + body_start + 3, mt_end - body_start - 3);
+    PyObject *bs = PyLong_FromSsize_t(body_start - pos);
+    PyObject *ts = PyLong_FromSsize_t(body_end - pos);
+    if (raw == NULL || mt == NULL || bs == NULL || ts == NULL) {
+        Py_XDECREF(raw);
+        Py_XDECREF(mt);
+        Py_XDECREF(bs);
+        Py_XDECREF(ts);
+        Py_DECREF(msg);
+        return NULL;
+    }
+    Py_INCREF(begin);
+    set_slot(msg, S_RAW, raw);
+    set_slot(msg, S_BEGIN, begin);
+    set_slot(msg, S_MT, mt);
+    set_slot(msg, S_BODY, bs);
+    set_slot(msg, S_TRAILER, ts);
+    for (int i = S_TAGS; i <= S_CHECKED; i++) {
+        Py_INCREF(Py_None);
+        set_slot(msg, i, Py_None);
+    }
+    return msg;
+}
+
+static inline unsigned
+sum_bytes(const unsigned char *p, Py_ssize_t n)
+{
+    unsigned long long total = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        unsigned long long w;
+        memcpy(&w, p + i, 8);
+        /* add the 8 bytes pairwise: bytes to 16-bit lanes, lanes to one sum */
+        w = (w & 0x00FF00FF00FF00FFULL) + ((w >> 8) & 0x00FF00FF00FF00FFULL);
+        w = (w & 0x0000FFFF0000FFFFULL) + ((w >> 16) & 0x0000FFFF0000FFFFULL);
+        total += (w & 0xFFFFFFFFULL) + (w >> 32);
+    }
+    for (; i < n; i++)
+        total += p[i];
+    return (unsigned)(total & 0xFF);
+}
+
+/* scan(buf, pos, prefix, begin, max_size, max_digits, max_fields, max_tag_digits, limits, out)
+ *   -> the position where Python must take over (== len(buf) when everything was consumed).
+ * Appends Messages to `out`. `limits` is stored on each split message (check_syntax compares it). */
+static PyObject *
+scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 10 arguments");
+        return NULL;
+    }
+    PyObject *buf = args[0], *prefix = args[2], *begin = args[3], *limits = args[8], *out = args[9];
+    if (!PyBytes_CheckExact(buf) || !PyBytes_CheckExact(prefix) || !PyList_CheckExact(out)) {
+        PyErr_SetString(PyExc_TypeError, "scan(): bytes buffer and prefix, list out");
+        return NULL;
+    }
+    if (message_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "scan(): configure() first");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t max_digits = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t max_fields = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_tag_digits = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    const char *s = PyBytes_AS_STRING(buf);
+    Py_ssize_t n = PyBytes_GET_SIZE(buf);
+    const char *pre = PyBytes_AS_STRING(prefix);
+    Py_ssize_t plen = PyBytes_GET_SIZE(prefix);
+    if (max_digits > 18)
+        max_digits = 18;
+    while (pos < n) {
+        if (n - pos < plen || memcmp(s + pos, pre, (size_t)plen) != 0)
+            break;
+        Py_ssize_t p9 = pos + plen - 2; /* "9=" */
+        Py_ssize_t lim = p9 + 3 + max_digits;
+        if (lim > n)
+            lim = n;
+        const char *soh2p = (p9 + 2 < lim) ? memchr(s + p9 + 2, SOH, (size_t)(lim - p9 - 2)) : NULL;
+        if (soh2p == NULL)
+            break;
+        Py_ssize_t soh2 = soh2p - s;
+        if (soh2 == p9 + 2)
+            break; /* empty BodyLength */
+        long long length = 0;
+        int ok = 1;
+        for (Py_ssize_t i = p9 + 2; i < soh2; i++) {
+            char c = s[i];
+            if (c < '0' || c > '9') {
+                ok = 0;
+                break;
+            }
+            length = length * 10 + (c - '0');
+        }
+        if (!ok)
+            break;
+        Py_ssize_t body_start = soh2 + 1;
+        Py_ssize_t body_end = body_start + (Py_ssize_t)length;
+        Py_ssize_t end = body_end + 7;
+        if (end - pos > max_size)
+            break;
+        if (n - body_start < 3 || memcmp(s + body_start, "35=", 3) != 0)
+            break;
+        if (end > n)
+            break;
+        if (memcmp(s + body_end - 1, "\x01" "10=", 4) != 0)
+            break;
+        if (s[end - 1] != SOH)
+            break;
+        unsigned cs = sum_bytes((const unsigned char *)s + pos, body_end - pos);
+        const char *d = s + body_end + 3;
+        if (d[0] != '0' + (char)(cs / 100) || d[1] != '0' + (char)(cs / 10 % 10) || d[2] != '0' + (char)(cs % 10))
+            break;
+        const char *mtp = memchr(s + body_start + 3, SOH, (size_t)(body_end - body_start - 3));
+        if (mtp == NULL || mtp == s + body_start + 3)
+            break;
+        PyObject *msg = new_message(buf, pos, end, begin, body_start, mtp - s, body_end);
+        if (msg == NULL)
+            return NULL;
+        int r = split_fields(msg, s + body_start, s + body_end, max_fields, max_tag_digits);
+        if (r < 0) {
+            Py_DECREF(msg);
+            return NULL;
+        }
+        if (r) {
+            Py_INCREF(limits);
+            set_slot(msg, S_CHECKED, limits);
+        }
+        if (PyList_Append(out, msg) < 0) {
+            Py_DECREF(msg);
+            return NULL;
+        }
+        Py_DECREF(msg);
+        pos = end;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
+/* ---------------------------------------------------------------- dictionary plan checks */
+
+enum { C_NONE = 0, C_ENUM = 1, C_UINT = 2, C_INT = 3, C_FLOAT = 4, C_FUNC = 5, C_MULTI = 6, C_GROUP = 7, C_COUNT = 8 };
+
+static int
+is_digits(const char *p, Py_ssize_t n)
+{
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* Python: val.replace(b".", b"", 1).isdigit() or (val[:1] == b"-" and the same on val[1:]) */
+static int
+float_ok(const char *p, Py_ssize_t n)
+{
+    if (n > 0 && p[0] == '-') {
+        p++;
+        n--;
+    }
+    int dots = 0, digits = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] == '.') {
+            if (++dots > 1)
+                return 0;
+        } else if (p[i] >= '0' && p[i] <= '9') {
+            digits++;
+        } else {
+            return 0;
+        }
+    }
+    return digits > 0;
+}
+
+/* _fits(val, max_digits) for an all-digit val */
+static int
+uint_fits(const char *p, Py_ssize_t n, const char *m, Py_ssize_t mn)
+{
+    if (n < mn)
+        return 1;
+    while (n > 0 && *p == '0') {
+        p++;
+        n--;
+    }
+    return n < mn || (n == mn && memcmp(p, m, (size_t)n) <= 0);
+}
+
+/* plan_passes(checks, values, fallback) -> bool; fallback(code, arg, val) for other codes */
+static PyObject *
+plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "plan_passes(tuple, list, fallback)");
+        return NULL;
+    }
+    PyObject *checks = args[0], *values = args[1], *fallback = args[2];
+    Py_ssize_t nv = PyList_GET_SIZE(values);
+    Py_ssize_t nc = PyTuple_GET_SIZE(checks);
+    for (Py_ssize_t k = 0; k < nc; k++) {
+        PyObject *c = PyTuple_GET_ITEM(checks, k);
+        if (!PyTuple_CheckExact(c) || PyTuple_GET_SIZE(c) != 3) {
+            PyErr_SetString(PyExc_TypeError, "plan_passes: bad check");
+            return NULL;
+        }
+        Py_ssize_t i = PyLong_AsSsize_t(PyTuple_GET_ITEM(c, 0));
+        long code = PyLong_AsLong(PyTuple_GET_ITEM(c, 1));
+        if (PyErr_Occurred())
+            return NULL;
+        if (i < 0 || i >= nv) {
+            PyErr_SetString(PyExc_IndexError, "plan_passes: index out of range");
+            return NULL;
+        }
+        PyObject *arg = PyTuple_GET_ITEM(c, 2);
+        PyObject *val = PyList_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(val)) {
+            PyErr_SetString(PyExc_TypeError, "plan_passes: values must be bytes");
+            return NULL;
+        }
+        const char *p = PyBytes_AS_STRING(val);
+        Py_ssize_t n = PyBytes_GET_SIZE(val);
+        int ok;
+        switch (code) {
+        case C_ENUM:
+            ok = PySet_Contains(arg, val);
+            if (ok < 0)
+                return NULL;
+            break;
+        case C_FUNC: {
+            PyObject *r = PyObject_CallOneArg(arg, val);
+            if (r == NULL)
+                return NULL;
+            ok = PyObject_IsTrue(r);
+            Py_DECREF(r);
+            if (ok < 0)
+                return NULL;
+            break;
+        }
+        case C_FLOAT:
+            ok = float_ok(p, n);
+            break;
+        case C_UINT:
+            if (!PyBytes_CheckExact(arg)) {
+                PyErr_SetString(PyExc_TypeError, "plan_passes: UINT bound must be bytes");
+                return NULL;
+            }
+            ok = is_digits(p, n) && uint_fits(p, n, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+            break;
+        case C_COUNT:
+            ok = PyBytes_CheckExact(arg) && PyBytes_GET_SIZE(arg) == n && memcmp(PyBytes_AS_STRING(arg), p, (size_t)n) == 0;
+            break;
+        default: {
+            PyObject *r = PyObject_CallFunctionObjArgs(fallback, PyTuple_GET_ITEM(c, 1), arg, val, NULL);
+            if (r == NULL)
+                return NULL;
+            ok = PyObject_IsTrue(r);
+            Py_DECREF(r);
+            if (ok < 0)
+                return NULL;
+        }
+        }
+        if (!ok)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "configure(Message, careful_tags, single_tags)"},
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "frame and split consecutive good messages"},
+    {"plan_passes", (PyCFunction)(void (*)(void))plan_passes, METH_FASTCALL, "a dictionary plan's value checks"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "fixproxy._speedups", NULL, -1, methods};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,157 @@
+"""The C accelerator (fixproxy/_speedups.c) against the pure-Python reference, on the same inputs.
+
+The accelerator may only make the common case faster: for any byte stream, any chunking and any
+limits, the decoder must return the same messages and errors with it and without it, and every
+message must get the same `check_syntax` verdict, fields, index and dictionary verdict.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixproxy import codec, dictionary
+from fixproxy.codec import Decoder, FrameError, Limits, Message
+from tests.fixgen import FIX42, FIX44, FIXT11, field_bytes, frame, real_messages
+
+def test_speedups_are_built_and_used() -> None:
+    """`make test` builds the extension: the suite must exercise it, not silently fall back."""
+    assert codec.SPEEDUPS and codec._scan is not None
+    real = real_messages(FIX44)
+    first, msg = Decoder().feed(real["logon"] + real["new_order_single"])
+    assert isinstance(first, Message) and first._checked_with is None  # a new BeginString: Python's path
+    assert isinstance(msg, Message)
+    assert msg._checked_with is codec.DEFAULT_LIMITS  # split by C, under the decoder's limits
+    assert msg.index()[b"11"] == b"ORD-1"
+
+
+def _decode(chunks: list[bytes], limits: Limits, pure: bool) -> list[tuple]:
+    saved = codec._scan
+    if pure:
+        codec._scan = None
+    try:
+        d = Decoder(limits)
+        items: list = []
+        for c in chunks:
+            items.extend(d.feed(c))
+        out: list[tuple] = []
+        for it in items:
+            if isinstance(it, FrameError):
+                out.append(("error", it.reason, it.detail, it.skipped))
+                continue
+            refusal = it.check_syntax(limits)
+            verdict = None if refusal is None else (refusal.reason, refusal.text, refusal.tag)
+            fields = None if refusal is not None else (it.tags, it.values, it.index(), it.fields)
+            out.append(("msg", it.raw, it.begin_string, it.msg_type, it.body_start, it.trailer_start,
+                        verdict, fields))
+        out.append(("buffered", d.buffered))
+        return out
+    finally:
+        codec._scan = saved
+
+
+def _chunk(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for p in points:
+        out.append(data[prev:p])
+        prev = p
+    out.append(data[prev:])
+    return out
+
+
+_REAL = [raw for v in (FIX42, FIX44, FIXT11) for raw in real_messages(v).values()]
+
+# Bodies that frame fine but that only the careful path may judge.
+_TRICKY_BODIES = [
+    field_bytes([(35, "D"), (49, "A"), (49, "B")]),  # repeated header tag
+    field_bytes([(35, "D"), (58, "a=b")]),  # '=' inside a value: legal
+    field_bytes([(35, "D"), (58, "")]),  # empty value
+    field_bytes([(35, "D"), ("058", "x")]),  # leading zero
+    field_bytes([(35, "D"), (123456, "x")]),  # 6-digit tag
+    field_bytes([(35, "D"), (9, "5")]),  # envelope tag in the body
+    field_bytes([(35, "D"), (95, "3"), (96, "a\x01b")]),  # data field holding SOH
+    field_bytes([(35, "D"), (95, "9"), (96, "a")]),  # data field of the wrong length
+    b"35=D\x0149=A\x01x\x01",  # a field without '='
+    b"35=D\x0149=A\x01=v\x01",  # an empty tag
+    b"35=D\x0155=A\x01\x01",  # an empty field
+    field_bytes([(35, "D"), (447, "D"), (448, "X"), (447, "C")]),  # a repeated group tag: allowed
+    field_bytes([(35, "D")] + [(58, "x")] * 1100),  # more fields than max_fields
+]
+_TRICKY = [frame(FIX44, b) for b in _TRICKY_BODIES] + [
+    frame(FIX44, field_bytes([(35, "0")]), check="999"),
+    frame(FIX44, field_bytes([(35, "0")]), body_length="7x"),
+    frame(FIX44, field_bytes([(35, "0")]), body_length=3),
+    frame(FIX44, field_bytes([(35, "0")]), body_length=30),
+    frame("FIX.4.3", field_bytes([(35, "0")])),
+    frame("FIX.9.9", field_bytes([(35, "0")])),
+    b"garbage before\x01" + _REAL[0],
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picks=st.lists(st.integers(0, len(_REAL) + len(_TRICKY) - 1), min_size=1, max_size=12),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+    max_fields=st.sampled_from([1024, 8]),
+    max_tag_digits=st.sampled_from([5, 3, 7]),
+    max_size=st.sampled_from([65536, 200]),
+)
+def test_same_verdicts_with_and_without_c(picks: list[int], flips: list[tuple[int, int]], cuts: list[int],
+                                          max_fields: int, max_tag_digits: int, max_size: int) -> None:
+    pool = _REAL + _TRICKY
+    data = bytearray(b"".join(pool[i] for i in picks))
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    chunks = _chunk(bytes(data), cuts)
+    limits = Limits(max_message_size=max_size, max_fields=max_fields, max_tag_digits=max_tag_digits)
+    assert _decode(chunks, limits, pure=False) == _decode(chunks, limits, pure=True)
+
+
+def test_every_tricky_case_agrees_in_one_read_and_byte_by_byte() -> None:
+    for raw in _REAL + _TRICKY:
+        for chunks in ([raw], [raw[i:i + 1] for i in range(len(raw))]):
+            assert _decode(chunks, codec.DEFAULT_LIMITS, pure=False) == _decode(
+                chunks, codec.DEFAULT_LIMITS, pure=True), raw
+
+
+def test_c_split_is_not_trusted_under_other_limits() -> None:
+    """A message split under one Limits is checked again under another (the verdict may differ)."""
+    raw = frame(FIX44, field_bytes([(35, "0"), (49, "A"), (56, "B"), (34, "1"), (12345, "x")]))
+    msg = Decoder().feed(raw)[0]
+    assert isinstance(msg, Message) and msg.check_syntax() is None
+    refusal = msg.check_syntax(Limits(max_tag_digits=4))
+    assert refusal is not None and refusal.reason.value == "bad_tag"
+
+
+_VALUES = st.one_of(
+    st.sampled_from([b"0", b"1", b"-1", b"1.5", b"-.5", b"5.", b".", b"-", b"1.2.3", b"", b"007",
+                     b"18446744073709551615", b"18446744073709551616", b"0018446744073709551615",
+                     b"2147483648", b"20240315-13:45:30.123", b"Y", b"N", b"A B", b"abc"]),
+    st.binary(max_size=24),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_VALUES, min_size=1, max_size=12), data=st.data())
+def test_plan_checks_agree(values: list[bytes], data: st.DataObject) -> None:
+    """Every check code the plans use, in C and in Python, on the same values."""
+    enum = frozenset({b"1", b"2", b"Y", b"abc"})
+    args = {
+        dictionary._C_NONE: None,
+        dictionary._C_ENUM: enum,
+        dictionary._C_UINT: dictionary._UINT64_MAX,
+        dictionary._C_INT: None,
+        dictionary._C_FLOAT: None,
+        dictionary._C_FUNC: lambda v: v.startswith(b"2024"),
+        dictionary._C_MULTI: enum,
+        dictionary._C_COUNT: b"1",
+    }
+    checks = tuple((i, code, args[code]) for i in range(len(values))
+                   for code in [data.draw(st.sampled_from(sorted(args)))])
+    c = dictionary._c_plan_passes(checks, values, dictionary._value_ok)
+    assert c == dictionary._py_plan_passes(checks, values)
+    for check in checks:  # each check on its own too: one failing check must not hide another
+        assert dictionary._c_plan_passes((check,), values, dictionary._value_ok) == \
+            dictionary._py_plan_passes((check,), values)
