@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fixproxy")
 AUDIT_VERIFY_INTERVAL = 300.0  # seconds between full verifications of the running proxy's audit trail
+AUDIT_FLUSH_SECONDS = 0.005  # the audit flusher's period: short flushes keep the latency tail short
 SLOW_READER_SECONDS = 30.0  # a leg whose buffer stays full this long is closed (no HeartBtInt known)
 _SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
                                m.ENCRYPTION_COVERAGE, m.SESSION_UP, m.AUDIT_IN_FLIGHT, m.LATENCY_ANOMALIES,
@@ -393,7 +394,9 @@ class FixProxy:
     async def _audit_flusher(self) -> None:
         """Flush the audit trail in batches; when it cannot be written, fail closed (or not)."""
         while True:
-            await asyncio.sleep(0.05)
+            # Often, so that each flush is short: it runs on the event loop, and every read that
+            # arrives meanwhile waits for it (every 50 ms gave a 6-14 ms p99 at 10k msg/s).
+            await asyncio.sleep(AUDIT_FLUSH_SECONDS)
             audit = self.audit
             if audit is None:
                 continue

@@ -1091,3 +1091,36 @@ def test_timing_append_messages_and_flush(tmp_path: Path, keys: dict[str, Path])
               f"{appended / n * 1e6:.2f} us/read = {appended / (n * per_read) * 1e9:.0f} ns/message; "
               f"flush {flushed / n * 1e6:.1f} us/record = {flushed / (n * per_read) * 1e6:.2f} us/message; "
               f"verify {verified / result.records * 1e6:.1f} us/record")
+
+
+def test_consecutive_reads_share_a_record_until_the_next_flush(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """At one message per read, a record per read was the audit trail's main cost: consecutive reads
+    of one session and direction coalesce into one record (``reads`` counts them), in order, up to
+    MAX_RECORD_MESSAGES; another session, another direction, another record kind or a flush starts
+    a new record. Nothing is lost or reordered, and the trail verifies."""
+    from fixproxy.audit import MAX_RECORD_MESSAGES
+
+    t = open_trail(tmp_path, keys, checkpoint_every=10_000)
+    a = t.append_messages("OMS1", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)])
+    b = t.append_messages("OMS1", "inbound", 2.0, [(3, b"D", NOS, "refused", "rate_limited"),
+                                                   (4, b"D", NOS, "forwarded", None)])
+    c = t.append_messages("OMS1", "outbound", 3.0, [(2, b"8", ER, "forwarded", None)])
+    d = t.append_messages("OMS2", "outbound", 4.0, [(2, b"8", ER, "forwarded", None)])
+    e = t.append("session.logon", session="OMS1")
+    f = t.append_messages("OMS2", "outbound", 5.0, [(3, b"8", ER, "forwarded", None)])
+    t.flush()
+    g = t.append_messages("OMS2", "outbound", 6.0, [(4, b"8", ER, "forwarded", None)])
+    big = [(i, b"D", NOS, "forwarded", None) for i in range(MAX_RECORD_MESSAGES)]
+    h = t.append_messages("OMS2", "outbound", 7.0, big)  # would overflow g's record: a new one
+    t.close()
+    assert a == b and len({b, c, d, e, f}) == 5 and f != g != h
+    assert verify(tmp_path, keys["pub"]).ok
+    recs = {r["seq"]: r for r in records(tmp_path)}
+    first = recs[a]
+    assert (first["count"], first["reads"], first["received_at"]) == (3, 2, 1.0)
+    assert [m[0] for m in first["messages"]] == [2, 3, 4]
+    assert [m[3] for m in first["messages"]] == ["forwarded", "refused", "forwarded"]
+    assert hashlib.sha256(NOS * 3).hexdigest() == first["sha256"]
+    assert "reads" not in recs[c] and recs[c]["direction"] == "outbound"
+    assert recs[f]["count"] == 1 and recs[g]["count"] == 1  # the flush between them
+    assert recs[h]["count"] == MAX_RECORD_MESSAGES

@@ -14,6 +14,7 @@ from fixproxy import codec, dictionary
 from fixproxy.codec import Decoder, FrameError, Limits, Message
 from tests.fixgen import FIX42, FIX44, FIXT11, field_bytes, frame, real_messages
 
+
 def test_speedups_are_built_and_used() -> None:
     """`make test` builds the extension: the suite must exercise it, not silently fall back."""
     assert codec.SPEEDUPS and codec._scan is not None
