@@ -43,9 +43,11 @@ for _p in (str(ROOT / "bench"), str(ROOT)):  # loadgen (bench/loadgen/) and fixp
 
 from loadgen import gen, idle, procs, sink  # noqa: E402
 
-# fixproxy: everything on; fixproxy-noaudit: the same without [audit] (what the audit trail costs)
-TARGETS = ("direct", "relay", "fixproxy", "fixproxy-noaudit")
-PROXIES = ("fixproxy", "fixproxy-noaudit")
+# fixproxy: everything on; fixproxy-noaudit: the same without [audit] (what the audit trail costs);
+# fixproxy-w2: everything on, two worker processes on one port (SO_REUSEPORT, fixproxy.workers)
+TARGETS = ("direct", "relay", "fixproxy", "fixproxy-noaudit", "fixproxy-w2")
+PROXIES = ("fixproxy", "fixproxy-noaudit", "fixproxy-w2")
+WORKERS = {"fixproxy-w2": 2}
 MODES = ("plain", "tls")
 TARGET_LATENCY_DELTA = {"p50": 40.0, "p99": 150.0}  # µs over direct TLS at 10k msg/s (the issue)
 TARGET_SATURATION = 150_000  # msg/s on one core
@@ -106,6 +108,7 @@ instance = "bench"
 listen = "127.0.0.1:{listen_port}"
 handshake_timeout = 10.0
 max_connections_per_source = {max(100, 2 * len(sessions))}
+workers = {extras.get("workers", 1)}
 """]
     if tls:
         out.append(f"""
@@ -308,11 +311,12 @@ class Bench:
         workdir = m.workdir / target
         workdir.mkdir(parents=True, exist_ok=True)
         extras: dict[str, Any] = {"metrics_port": metrics}
-        if self.audit_key is not None and target == "fixproxy":
+        if self.audit_key is not None and target in ("fixproxy", "fixproxy-w2"):
             extras["audit"] = {"directory": workdir / "audit", "signing_key": self.audit_key}
         if self.mosquitto is not None:
             extras["mqtt_port"] = self.mosquitto[1]
         path = workdir / "fixproxy.toml"
+        extras["workers"] = WORKERS.get(target, 1)
         path.write_text(proxy_config(self.pki, listen_port=port, sink_port=m.sink_port, tls=m.tls, workdir=workdir,
                                      sessions=sessions, extras=extras))
         argv = [procs.python(), "-m", "fixproxy.cli", "run", "--config", str(path), "--log-level", "warning"]
@@ -326,7 +330,8 @@ class Bench:
         info: dict[str, Any] = {}
         for target, child in m.middles.items():
             if target in PROXIES:
-                d = info[target] = {"rss_mib_at_end": round(procs.rss_kib(child.pid) / 1024, 1),
+                rss = sum(procs.rss_kib(p) for p in (child.pid, *procs.descendants(child.pid)))
+                d = info[target] = {"rss_mib_at_end": round(rss / 1024, 1),
                                     "metrics_scrape": self.scrape_metrics(m.metrics_ports[target])}
                 audit_dir = m.workdir / target / "audit"
                 if audit_dir.is_dir():
@@ -364,7 +369,10 @@ class Bench:
         port = m.ports[target]
         middle = m.middles.get(target)
         spec: dict[str, Any] = {"host": "127.0.0.1", "port": port, "compids": self.compids, "rate": load.rate,
-                                "duration": load.duration, "warmup": a.warmup, "window": a.window, "batch": a.batch}
+                                "duration": load.duration, "warmup": a.warmup, "window": a.window, "batch": a.batch,
+                                # one source address per session, as separate OMS hosts would have: the
+                                # workers of fixproxy-w2 are chosen by source address
+                                "sources": {c: f"127.0.0.{2 + i}" for i, c in enumerate(self.compids)}}
         if m.tls:
             spec["tls"] = {"ca": str(self.pki.ca_cert),
                            "clients": {c: [str(x) for x in self.pki.clients[c]] for c in self.compids}}
@@ -382,7 +390,7 @@ class Bench:
             pids = {"sink": m.sink_pid, "loadgen": m.gen_proc.pid}
             if middle is not None:
                 pids[target] = middle.pid
-            cpu0 = {k: procs.cpu_seconds(p) for k, p in pids.items()}
+            cpu0 = {k: procs.tree_cpu_seconds(p) for k, p in pids.items()}
             w0 = time.monotonic()
             m.gen_conn.send(("go",))
             _, done = _recv(m.gen_conn, load.duration + a.warmup + 120, f"{target} load")
@@ -397,7 +405,7 @@ class Bench:
                     seen, quiet_since = got, now
                 elif now - quiet_since > a.drain_timeout:
                     break
-            cpu1 = {k: procs.cpu_seconds(p) for k, p in pids.items()}
+            cpu1 = {k: procs.tree_cpu_seconds(p) for k, p in pids.items()}
             w1 = time.monotonic()
             m.gen_conn.send(("finish",))
             _, closed = _recv(m.gen_conn, 30, f"{target} logout")
@@ -744,6 +752,14 @@ def targets_report(results: list[dict[str, Any]], idle_res: dict[str, Any] | Non
                         "measured": f"{_fmt(cpu, '.2f')} µs CPU/msg = {_fmt(per_core, ',.0f')} msg/s per core of "
                                     f"proxy CPU; {_fmt(sat['throughput_msgs_s'], ',.0f')} msg/s end to end",
                         "met": bool(cpu and cpu <= TARGET_SATURATION_CPU_US)})
+    for mode in MODES:
+        one, two = by.get((mode, "saturation", "fixproxy")), by.get((mode, "saturation", "fixproxy-w2"))
+        if one and two and one["throughput_msgs_s"]:
+            gain = two["throughput_msgs_s"] / one["throughput_msgs_s"]
+            out.append({"target": f"saturation, {mode}: 2 workers (SO_REUSEPORT) vs 1, end-to-end throughput",
+                        "measured": f"{two['throughput_msgs_s']:,.0f} vs {one['throughput_msgs_s']:,.0f} msg/s "
+                                    f"(x{gain:.2f}; the generator and the sink share the same 2 cores)",
+                        "met": gain > 1.0})
     if idle_res and "rss_mib_idle" in idle_res:
         out.append({"target": f"{idle_res['sessions']:,} idle TLS sessions under {TARGET_IDLE_RSS_MB:.0f} MB RSS",
                     "measured": f"{idle_res['rss_mib_idle']:.0f} MiB ({idle_res['logged_on']} logged on; "
@@ -786,8 +802,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="profile fixproxy once at saturation (auto: py-spy if installed, else cProfile)")
     ap.add_argument("--profile-loads", help="loads to profile at, e.g. saturation,10k (full: both)")
     ap.add_argument("--profile-top", type=int, default=15)
-    ap.add_argument("--workers", type=int, default=1,
-                    help="fixproxy worker processes (SO_REUSEPORT): not implemented in fixproxy yet, only 1")
     ap.add_argument("--no-audit", action="store_true", help="leave [audit] out of the fixproxy config")
     ap.add_argument("--no-mqtt", action="store_true", help="leave [mqtt] out of the fixproxy config")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for the JSON results")
@@ -811,10 +825,6 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in preset.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.workers != 1:
-        print("run_bench: --workers > 1 needs fixproxy to run several processes on one port (SO_REUSEPORT); "
-              "not implemented yet", file=sys.stderr)
-        return 2
     modes = [m for m in args.modes.split(",") if m]
     targets = [t for t in args.targets.split(",") if t]
     if not set(modes) <= set(MODES) or not set(targets) <= set(TARGETS):
@@ -909,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
                    "message": "FIX 4.4 NewOrderSingle, 212 bytes, strict-valid"},
         "fixproxy_features": bench.features,
         "cases": bench.results, "targets": tgt, "idle_sessions": idle_res, "profile": prof,
-        "lost": lost, "errors": errors, "workers": args.workers,
+        "lost": lost, "errors": errors, "workers": dict(WORKERS),
     }
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     log(f"\nwrote {path}")

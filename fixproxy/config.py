@@ -155,6 +155,7 @@ class ProxyConfig:
     insecure: bool = False
     handshake_timeout: float = 5.0
     max_connections_per_source: int = 50
+    workers: int = 1  # processes sharing the listening port (fixproxy.workers); 1: this process
     write_buffer_limit: int = 1_048_576
     tls: TlsFiles | None = None
     limits: Limits = field(default_factory=Limits)
@@ -350,6 +351,16 @@ def _positive_int(value: Any, path: str, ctx: _Context) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise _Invalid(path, f"must be a positive integer, got {_show(value)}")
     return value
+
+
+MAX_WORKERS = 64
+
+
+def _workers(value: Any, path: str, ctx: _Context) -> int:
+    n = _positive_int(value, path, ctx)
+    if n > MAX_WORKERS:
+        raise _Invalid(path, f"must be at most {MAX_WORKERS}, got {n}")
+    return n
 
 
 def _name(value: Any, path: str, ctx: _Context) -> str:
@@ -613,6 +624,7 @@ PROXY: dict[str, Field] = {
     "listen": Value(_address(any_port=True), required=True),
     "insecure": Value(_bool),
     "handshake_timeout": Value(_positive_number),
+    "workers": Value(_workers),
     "max_connections_per_source": Value(_positive_int),
     "write_buffer_limit": Value(_positive_int),
     "tls": Table(PROXY_TLS, build=_build_tls),
@@ -884,6 +896,11 @@ def _build(d: dict[str, Any], source: Path, ctx: _Context) -> ProxyConfig:
     admin: AdminConfig | None = d.get("admin")
     events = d.get("events", {})
     metrics = d.get("metrics", {})
+    if proxy.get("workers", 1) > 1:
+        if proxy["listen"][1] == 0:
+            raise _Invalid("proxy.workers", "needs a fixed proxy.listen port (workers share it), not port 0")
+        if metrics.get("listen") is not None and metrics["listen"][1] == 0:
+            raise _Invalid("proxy.workers", "needs a fixed metrics.listen port (worker i serves port + i), not 0")
     return ProxyConfig(
         **proxy,
         upstream=_build_upstream(d["upstream"], ctx),

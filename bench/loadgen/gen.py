@@ -72,7 +72,9 @@ class Session:
 
 
 def connect(spec: dict[str, Any], compid: str, contexts: dict[str, ssl.SSLContext]) -> Session:
-    sock = socket.create_connection((spec["host"], spec["port"]), timeout=15)
+    source = spec.get("sources", {}).get(compid)
+    sock = socket.create_connection((spec["host"], spec["port"]), timeout=15,
+                                    source_address=(source, 0) if source else None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ctx = contexts.get(compid)
     if ctx is not None:

@@ -31,6 +31,38 @@ def cpu_seconds(pid: int) -> float:
         return (int(parts[11]) + int(parts[12])) / _CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren...), from /proc."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its live descendants (fixproxy's workers). A process that ends
+    between two readings takes its time with it: the workers and the supervisor live as long as
+    the run, so this only matters for short-lived helpers (the audit verifier)."""
+    total = 0.0
+    for p in (pid, *descendants(pid)):
+        try:
+            total += cpu_seconds(p)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` in KiB (0 if the process is gone)."""
     try:
