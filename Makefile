@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: test demo bench-codec lint system-deps clean
 
-$(STAMP): pyproject.toml
+# setup.py and fixproxy/_speedups.c: the optional C accelerator, compiled by the editable install.
+$(STAMP): pyproject.toml setup.py fixproxy/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

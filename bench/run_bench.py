@@ -815,7 +815,7 @@ PRESETS = {
              "targets": ",".join(TARGETS)},
     "ci": {"rates": "10k", "duration": 3.0, "sat_duration": 2.0, "idle_sessions": 0, "profile": "none",
            "profile_loads": "saturation",
-           "targets": "direct,relay,fixproxy"},
+           "targets": "direct,relay,fixproxy,fixproxy-w2"},
 }
 
 

@@ -46,6 +46,7 @@ def demo_config_text(
     burst: int = 200,
     disconnect_after: int = 500,
     extra: str = "",
+    workers: int = 1,
 ) -> str:
     """The proxy config the demo and the tests run: one session per client CompID."""
     sessions = sessions or {c: {} for c in pki.clients}
@@ -56,6 +57,7 @@ def demo_config_text(
 instance = "demo"
 listen = "127.0.0.1:{listen_port}"
 handshake_timeout = 3.0
+workers = {workers}
 
 [proxy.tls]
 cert = "{pki.proxy_server_cert}"

@@ -16,14 +16,15 @@ from .session import utc_timestamp
 class RawFixClient:
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str = "localhost", sender: str = "OMS1", target: str = "ATS",
-                 begin_string: str = "FIX.4.4", timeout: float = 5.0) -> None:
+                 begin_string: str = "FIX.4.4", timeout: float = 5.0, source: str | None = None) -> None:
         self.sender = sender
         self.target = target
         self.begin_string = begin_string
         self.seq = 1
         self.decoder = Decoder()
         self.received: list[Message] = []
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock: socket.socket = (ssl_context.wrap_socket(sock, server_hostname=server_hostname)
                                     if ssl_context is not None else sock)

@@ -16,7 +16,8 @@ def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run_bench.py"), "--modes", "plain,tls",
-         "--targets", "direct,relay,fixproxy", "--rates", "2000", "--duration", "0.3", "--sat-duration", "0.3",
+         "--targets", "direct,relay,fixproxy,fixproxy-w2", "--rates", "2000", "--duration", "0.3",
+         "--sat-duration", "0.3",
          "--warmup", "0.1", "--idle-sessions", "0", "--profile", "none", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -27,7 +28,7 @@ def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
     cases = doc["cases"]
     assert {(c["mode"], c["load"], c["target"]) for c in cases} == {
         (mode, load, target) for mode in ("plain", "tls") for load in ("2k", "saturation")
-        for target in ("direct", "relay", "fixproxy")}
+        for target in ("direct", "relay", "fixproxy", "fixproxy-w2")}
     for c in cases:
         assert c["errors"] == [], c
         assert c["sent"] > 0 and c["received"] == c["sent"] and c["lost"] == 0, c
