@@ -243,9 +243,39 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _seal(rec: dict[str, Any]) -> tuple[bytes, str]:
-    """A record's line (its canonical JSON with ``hash`` appended as the last member) and hash."""
-    body = _dumps(rec).encode("ascii")
+# Stands for a messages record's rows while the record is serialised; replaced by the rows' JSON,
+# rendered by _record (no other value of such a record can hold a NUL: names, enums, hex, base64).
+_ROWS_PLACEHOLDER = "\x00rows"
+_ROWS_PLACEHOLDER_JSON = '"\\u0000rows"'
+
+
+_mt_json: dict[Any, str] = {}  # MsgType -> its JSON string (bounded: an attacker's types are not kept)
+_str_json: dict[str, str] = {}  # outcome / reason code -> its JSON string
+
+
+def _render_msg_type(msg_type: bytes | str) -> str:
+    text = json.dumps(msg_type.decode("latin-1") if isinstance(msg_type, bytes) else msg_type, ensure_ascii=True)
+    if len(_mt_json) < 256:
+        _mt_json[msg_type] = text
+    return text
+
+
+def _json_text(value: str) -> str:
+    text = _str_json.get(value)
+    if text is None:
+        text = json.dumps(value, ensure_ascii=True)
+        if len(_str_json) < 256:
+            _str_json[value] = text
+    return text
+
+
+def _seal(rec: dict[str, Any], rows: str | None = None) -> tuple[bytes, str]:
+    """A record's line (its canonical JSON with ``hash`` appended as the last member) and hash.
+    ``rows``: the JSON of ``rec["messages"]``, when _record rendered it (see _ROWS_PLACEHOLDER)."""
+    text = _dumps(rec)
+    if rows is not None:
+        text = text.replace(_ROWS_PLACEHOLDER_JSON, rows, 1)
+    body = text.encode("ascii")
     digest = hashlib.sha256(body).hexdigest()
     return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
 
@@ -487,7 +517,8 @@ class AuditTrail:
 
     # -- records ---------------------------------------------------------------------------------------
 
-    def _record(self, entry: tuple[Any, ...]) -> dict[str, Any]:
+    def _record(self, entry: tuple[Any, ...]) -> tuple[dict[str, Any], str | None]:
+        """The record of a pending entry, and the JSON of its message rows (messages records)."""
         if len(entry) == 4:
             seq, t, kind, fields = entry
             rec = {**fields, "seq": seq, "time": t, "kind": kind}
@@ -495,18 +526,27 @@ class AuditTrail:
                 _dumps(rec)
             except (TypeError, ValueError) as exc:  # a circular structure: keep what can be kept
                 rec = {"seq": seq, "time": t, "kind": kind, "unserialisable": f"{exc}: {fields!r}"[:4096]}
-            return rec
+            return rec, None
         seq, t, session, direction, received_at, items, (reads,) = entry
         sha256 = hashlib.sha256
         whole = sha256()
-        messages = []
+        update = whole.update
+        # The rows are rendered here as JSON text (what json would write, ~40 % cheaper per
+        # message): [msg_seq_num, msg_type, length, outcome, reason, sha256].
+        rows = []
+        append = rows.append
+        mt_json = _mt_json
         for msg_seq_num, msg_type, raw, outcome, reason in items:
-            whole.update(raw)
-            messages.append((msg_seq_num, msg_type.decode("latin-1") if isinstance(msg_type, bytes) else msg_type,
-                             len(raw), outcome, reason, sha256(raw).hexdigest()))
+            update(raw)
+            mt = mt_json.get(msg_type)
+            if mt is None:
+                mt = _render_msg_type(msg_type)
+            append(f'[{"null" if msg_seq_num is None else int(msg_seq_num)},{mt},{len(raw)},'
+                   f'{_json_text(outcome)},{"null" if reason is None else _json_text(reason)},'
+                   f'"{sha256(raw).hexdigest()}"]')
         rec = {"seq": seq, "time": t, "kind": MESSAGES, "session": session, "direction": direction,
-               "received_at": received_at, "count": len(messages), "sha256": whole.hexdigest(),
-               "messages": messages}
+               "received_at": received_at, "count": len(rows), "sha256": whole.hexdigest(),
+               "messages": _ROWS_PLACEHOLDER}
         if reads > 1:
             rec["reads"] = reads
         if self.store_messages:
@@ -517,7 +557,7 @@ class AuditTrail:
                 rec["enc"] = {"alg": "AES-256-GCM", "nonce": _b64(nonce), "ct": _b64(ct)}
             else:
                 rec["data"] = _b64(data)
-        return rec
+        return rec, "[" + ",".join(rows) + "]"
 
     def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
         """Write the batch, rotating files as they fill. The chain state advances with each chunk
@@ -526,11 +566,11 @@ class AuditTrail:
         chunk: list[bytes] = []
         size = 0
         for entry in batch:
-            rec = self._record(entry)
+            rec, rows = self._record(entry)
             if rec["seq"] != written + 1:
                 raise AuditError(f"audit seq {rec['seq']} after {written}: appended from two threads?")
             rec["prev"] = head
-            line, digest = _seal(rec)
+            line, digest = _seal(rec, rows)
             if self._file_size + size + len(line) > self.max_file_bytes and self._file_size + size > 0:
                 self._write_chunk(chunk, written, head)
                 chunk, size = [], 0

@@ -527,8 +527,27 @@ class DataDictionary:
     def validator(self, mode: str) -> Callable[[Message], Refusal | None]:
         """The per-message check the session inspector calls (after `Message.check_syntax`)."""
         validate_split = self.validate_split
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if mode == "off":
+            return lambda msg: None
+        lenient = mode == "lenient"
+        spec_of = self._messages.get
+        plan_passes = _c_plan_passes if _speedups is not None else None
 
         def check(msg: Message) -> Refusal | None:
+            # validate_split's fast path, inlined (it runs for every message): the plan of this
+            # exact tag sequence, then its value checks. Anything else: validate_split decides.
+            key = msg._key
+            values = msg._values
+            if key is not None and values is not None and self.max_plans > 0:
+                spec = spec_of(msg.msg_type)
+                if spec is not None:
+                    plan = spec.plans[lenient].get(key)
+                    if plan is not None and plan[0] == len(values) and (
+                            plan_passes(plan[1], values, _value_ok) if plan_passes is not None
+                            else _plan_passes(plan[1], values)):
+                        return None
             return validate_split(msg.msg_type, msg.tags, msg.values, msg.tag_key, mode=mode)
 
         return check

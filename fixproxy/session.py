@@ -230,6 +230,8 @@ class SessionInspector:
         now = self._clock()
         if self._bucket is not None and d is INBOUND:
             self._bucket.refill(now)
+        if self._time_window is not None:
+            self._window = self._time_window(now)  # one SendingTime window for the whole read
         for item in self.decoders[d].feed(data):
             stats.received += 1
             if type(item) is Message:
@@ -349,9 +351,9 @@ class SessionInspector:
                                      res, received_at)
                     return
                 refusal = Refusal(Reason.RATE_LIMITED, "Message rate limit exceeded")
-        if refusal is None and not possdup and self._time_window is not None:
+        if refusal is None and not possdup and self._window is not None:
             st = get(b"52")
-            lo, hi = self._time_window(now)  # recomputed once a second, two byte compares here
+            lo, hi = self._window  # recomputed once a second, two byte compares here
             if st is None or not (lo <= st[:17] <= hi):
                 refusal = Refusal(Reason.STALE_SENDING_TIME, "SendingTime accuracy problem", 52)
         if refusal is not None:
@@ -394,6 +396,7 @@ class SessionInspector:
         self._bucket = TokenBucket(policy.rate_limit, self._clock())
         self._time_window = _TimeWindow(policy.sending_time_tolerance) if policy.sending_time_tolerance \
             else None
+        self._window = self._time_window(self._clock()) if self._time_window is not None else None
         hb = msg.get(b"108")
         self.heartbeat_interval = int(hb) if hb is not None and hb.isdigit() else None
         state.connections += 1
@@ -407,6 +410,7 @@ class SessionInspector:
             res.logon = None  # refused after all (e.g. SendingTime): do not open the ATS leg
 
     _time_window: _TimeWindow | None = None
+    _window: tuple[bytes, bytes] | None = None  # the SendingTime bounds of the read being inspected
 
     # ------------------------------------------------------------------ forwarding
     def _forward(self, d: Direction, msg: Message, res: ReadResult) -> None:

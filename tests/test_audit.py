@@ -1124,3 +1124,21 @@ def test_consecutive_reads_share_a_record_until_the_next_flush(tmp_path: Path, k
     assert "reads" not in recs[c] and recs[c]["direction"] == "outbound"
     assert recs[f]["count"] == 1 and recs[g]["count"] == 1  # the flush between them
     assert recs[h]["count"] == MAX_RECORD_MESSAGES
+
+
+def test_message_rows_are_the_json_the_encoder_would_write(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """The rows are rendered by hand (cheaper than json): byte for byte what json writes, for any
+    MsgType an attacker can send (quotes, backslashes, control and non-ASCII bytes) and every field."""
+    weird = [b"D", b'"', b"\\", b"\x00\x01", b"\xff\xfe", b"AB\"C", "ü".encode()]
+    t = open_trail(tmp_path, keys, checkpoint_every=10_000)
+    items = [(None if i % 3 == 0 else i, mt, NOS + bytes([i]), ("forwarded", "refused", "dropped")[i % 3],
+              None if i % 2 else "bad_tag") for i, mt in enumerate(weird)]
+    seq = t.append_messages("OMS1", "inbound", 1.0, items)
+    t.close()
+    assert verify(tmp_path, keys["pub"]).ok
+    line = next(raw for raw in b"".join(p.read_bytes() for p in sorted(tmp_path.glob("audit-*.jsonl"))).splitlines()
+                if json.loads(raw)["seq"] == seq)
+    expected = [[s, mt.decode("latin-1"), len(raw), out, reason, hashlib.sha256(raw).hexdigest()]
+                for s, mt, raw, out, reason in items]
+    assert json.loads(line)["messages"] == expected
+    assert b'"messages":' + json.dumps(expected, separators=(",", ":"), ensure_ascii=True).encode() in line

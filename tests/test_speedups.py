@@ -156,3 +156,35 @@ def test_plan_checks_agree(values: list[bytes], data: st.DataObject) -> None:
     for check in checks:  # each check on its own too: one failing check must not hide another
         assert dictionary._c_plan_passes((check,), values, dictionary._value_ok) == \
             dictionary._py_plan_passes((check,), values)
+
+
+def _verdict(r: object) -> object:
+    return None if r is None else (r.reason, r.text, r.tag)  # type: ignore[attr-defined]
+
+
+def test_inspector_validator_agrees_with_validate_before_and_after_its_plans_exist() -> None:
+    """`DataDictionary.validator` inlines the plan fast path: every verdict must equal `validate`'s,
+    on the first message of a shape (no plan yet) and on later ones (plan hit), good values or bad."""
+    from fixproxy.codec import encode, replace_fields
+    from fixproxy.dictionary import load_for_version
+
+    for begin in (FIX42, FIX44, FIXT11):
+        dd = load_for_version(begin)
+        real = real_messages(begin)
+        bad_values = {b"54": b"Z", b"38": b"abc", b"44": b"1.2.3", b"60": b"2024-bad", b"40": b"", b"59": b"9"}
+        for mode in ("strict", "lenient"):
+            check = dd.validator(mode)
+            for raw in [*real.values(), encode(begin, [(35, "D"), (49, "A"), (56, "B"), (34, 2), (9999, "x")])]:
+                variants = [raw]
+                first = Decoder().feed(raw + raw)[1]  # the second one: split by C
+                assert isinstance(first, Message)
+                for tag, val in bad_values.items():
+                    if val and first.check_syntax() is None and tag in first.index():
+                        variants.append(replace_fields(first, {tag: val}))
+                for v in variants:
+                    for _ in range(2):  # without, then with the plan of this shape
+                        msg = Decoder().feed(v + v)[1]
+                        assert isinstance(msg, Message) and msg.check_syntax() is None
+                        want = dd.validate(msg.msg_type, msg.fields, mode=mode)
+                        assert _verdict(check(msg)) == _verdict(want), (mode, v)
+    assert dictionary.load_for_version(FIX44).validator("off")(msg) is None
