@@ -225,6 +225,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         raise CliError(f"audit verify: {exc}", None, EXIT_USAGE) from None
     except OSError as exc:
         raise CliError(f"audit verify: cannot read the trail: {exc}", args.dir) from None
+    if args.json:  # for programs (the running proxy's periodic verification): the result, whatever it is
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(result)))
+        return EXIT_OK if result.ok else EXIT_RUNTIME
     if not result.ok:
         raise CliError(f"audit verify: {result.error_line()}")
     print(result.summary())
@@ -421,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--pubkey", metavar="KEY", help="the Ed25519 public key every checkpoint must be signed with "
                    "(default: the trail's own, which proves consistency but not authorship)")
+    c.add_argument("--json", action="store_true", help="print the result as one JSON object (exit status as usual)")
     c = command("export", cmd_audit_export, "verify a trail and write the matching records as JSON lines", audit_sub)
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--out", required=True, metavar="FILE", help="where to write them (mode 0600)")

@@ -12,12 +12,13 @@ asyncio Protocols (not streams) keep the per-read cost to one callback; TLS is s
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import json
 import logging
-import multiprocessing
+import os
 import socket
 import ssl
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from . import metrics as m
 from . import tls as tlsmod
 from .access import Authoriser, Peer, SourceGuard
+from .audit import BadRecord, VerifyResult
 from .events import Direction, Outcome, SecurityEvent
 from .kpis import AnomalyDetector, KpiCollector, LatencyStats
 from .leakguard import LeakGuard
@@ -347,7 +349,6 @@ class FixProxy:
         r.register(KpiCollector(self))
         self.audit: Any = None
         self.audit_down = False
-        self._verify_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.reuseport_workers = 0  # > 0: one of that many workers sharing the port (fixproxy.workers)
         self.mqtt: Any = None
 
@@ -427,34 +428,35 @@ class FixProxy:
                     session=None, kind="audit.unavailable" if fail_closed else "audit.available")])
 
     async def verify_audit(self) -> bool:
-        """Verify the whole trail, in a separate process: it reads, parses and hashes every record,
-        which in a thread of this process held the GIL against the event loop (seen in the bench
-        profile as a sixth of the proxy's time). A failure is an unauthorised-modification alert:
-        counted, and raised as an event."""
+        """Verify the whole trail, in a child process (`fixproxy audit verify --json`): it reads,
+        parses and hashes every record, which in a thread of this process held the GIL against the
+        event loop (a sixth of the proxy's time in the bench profile). A failure is an
+        unauthorised-modification alert: counted, and raised as an event."""
         if self.audit is None or self.config.audit is None:
             return True
-        from .audit import verify
-
         cfg = self.config.audit
         pub = Path(str(cfg.signing_key) + ".pub")
-        if self._verify_pool is None:
-            # spawn, not fork: a forked child of a running event loop inherits its sockets and state
-            self._verify_pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        loop = asyncio.get_running_loop()
+        argv = [sys.executable, "-m", "fixproxy.cli", "audit", "verify", str(cfg.directory), "--json"]
+        if pub.exists():
+            argv += ["--pubkey", str(pub)]
+        here = str(Path(__file__).resolve().parent.parent)  # this fixproxy, installed or not
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await proc.communicate()
         try:
-            result = await loop.run_in_executor(self._verify_pool, verify, cfg.directory,
-                                                pub if pub.exists() else None)
-        except concurrent.futures.process.BrokenProcessPool:
-            self._verify_pool = None
-            raise
+            doc = json.loads(out)
+        except ValueError:
+            raise RuntimeError(f"audit verify did not run: {err.decode(errors='replace').strip()[-300:]}") from None
+        bad = doc.get("first_bad")
+        result = VerifyResult(**{**doc, "first_bad": BadRecord(**bad) if bad else None})
         if not result.ok:
             self.m_audit_verify_failures.inc()
             if result.problem and result.problem.startswith("gap"):
                 self.m_audit_gaps.inc()
-            bad = result.first_bad
             self.recorder.submit([SecurityEvent(None, Outcome.INFO, f"Audit trail verification failed at record "
-                                                f"{bad.seq if bad else '?'}: {result.problem}", session=None,
+                                                f"{result.first_bad.seq if result.first_bad else '?'}: "
+                                                f"{result.problem}", session=None,
                                                 kind="audit.verification_failed")])
         return bool(result.ok)
 
@@ -569,9 +571,6 @@ class FixProxy:
                 self.audit.close()
             except Exception:
                 log.exception("audit trail not closed cleanly")
-        if self._verify_pool is not None:
-            self._verify_pool.shutdown(wait=False, cancel_futures=True)
-            self._verify_pool = None
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -341,7 +341,7 @@ def test_run_bad_config_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert one_error_line(result.stderr) == (
         f'fixproxy: proxy.instanse: unknown key (did you mean "instance"?); allowed keys: instance, listen, '
-        f"insecure, handshake_timeout, max_connections_per_source, write_buffer_limit, tls ({cfg})")
+        f"insecure, handshake_timeout, workers, max_connections_per_source, write_buffer_limit, tls ({cfg})")
 
 
 def test_run_serves_admin_and_stops_on_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
