@@ -85,6 +85,8 @@ class Reason(StrEnum):
     TLS_EXPIRED = "tls_expired"
     TLS_REVOKED = "tls_revoked"
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    TLS_PROTOCOL_VERSION = "tls_protocol_version"  # a TLS version below the configured minimum (1.0, 1.1)
+    TLS_PLAINTEXT = "tls_plaintext"  # bytes that are not TLS at all on the TLS port (plain FIX, HTTP, a probe)
     COMPID_NOT_BOUND = "compid_not_bound"  # Logon CompIDs not bound to the client certificate
     UNKNOWN_SESSION = "unknown_session"
     BAD_CREDENTIALS = "bad_credentials"
@@ -126,7 +128,8 @@ for _r, _cat in (
     ((Reason.MSGTYPE_NOT_ALLOWED, Reason.RATE_LIMITED, Reason.FLOOD, Reason.LEAK_CROSS_SESSION_REF,
       Reason.LEAK_BLOCKED_DELIVERY, Reason.SPOOFING, Reason.AUDIT_UNAVAILABLE), _C.POLICY),
     ((Reason.TLS_NO_CERT, Reason.TLS_UNKNOWN_CA, Reason.TLS_EXPIRED, Reason.TLS_REVOKED,
-      Reason.TLS_HANDSHAKE_FAILED, Reason.COMPID_NOT_BOUND, Reason.UNKNOWN_SESSION,
+      Reason.TLS_HANDSHAKE_FAILED, Reason.TLS_PROTOCOL_VERSION, Reason.TLS_PLAINTEXT,
+      Reason.COMPID_NOT_BOUND, Reason.UNKNOWN_SESSION,
       Reason.BAD_CREDENTIALS, Reason.SOURCE_NOT_ALLOWED, Reason.SOURCE_BLOCKED), _C.AUTH),
     ((Reason.HANDSHAKE_TIMEOUT, Reason.LOGON_TIMEOUT, Reason.IDLE_TIMEOUT,
       Reason.TOO_MANY_CONNECTIONS, Reason.UPSTREAM_UNAVAILABLE, Reason.SLOW_READER), _C.TRANSPORT),

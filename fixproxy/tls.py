@@ -89,6 +89,10 @@ _SSL_REASONS: dict[str, Reason] = {
     "TLSV1_ALERT_UNKNOWN_CA": Reason.TLS_UNKNOWN_CA,
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": Reason.TLS_EXPIRED,
     "SSLV3_ALERT_CERTIFICATE_REVOKED": Reason.TLS_REVOKED,
+    "UNSUPPORTED_PROTOCOL": Reason.TLS_PROTOCOL_VERSION,  # a ClientHello below minimum_version
+    "TLSV1_ALERT_PROTOCOL_VERSION": Reason.TLS_PROTOCOL_VERSION,  # the alert such a client receives
+    "WRONG_VERSION_NUMBER": Reason.TLS_PLAINTEXT,  # the first bytes are not a TLS record
+    "HTTP_REQUEST": Reason.TLS_PLAINTEXT,
 }
 # Fallback on the message text, for builds whose errors carry no reason name.
 _SSL_MESSAGES: tuple[tuple[str, Reason], ...] = (
@@ -97,6 +101,9 @@ _SSL_MESSAGES: tuple[tuple[str, Reason], ...] = (
     ("alert unknown ca", Reason.TLS_UNKNOWN_CA),
     ("alert certificate expired", Reason.TLS_EXPIRED),
     ("alert certificate revoked", Reason.TLS_REVOKED),
+    ("unsupported protocol", Reason.TLS_PROTOCOL_VERSION),
+    ("alert protocol version", Reason.TLS_PROTOCOL_VERSION),
+    ("wrong version number", Reason.TLS_PLAINTEXT),
 )
 
 
@@ -249,9 +256,10 @@ def classify_handshake_error(exc: BaseException) -> Reason:
     Certificate verification failures are classified by OpenSSL's verify code (10 expired,
     23 revoked, 2/7/18/19/20/21 not from our CA); "peer did not return a certificate" and the
     TLS 1.3 "certificate required" alert mean no certificate; the matching alerts a refused client
-    receives map to the same reasons. A timeout is HANDSHAKE_TIMEOUT. Everything else (version or
-    cipher mismatch, wrong certificate purpose, hostname mismatch, CRL problems, not yet valid,
-    a reset mid-handshake) is TLS_HANDSHAKE_FAILED.
+    receives map to the same reasons. A ClientHello below the minimum version (TLS 1.0/1.1) is
+    TLS_PROTOCOL_VERSION; bytes that are not TLS at all (plain FIX, HTTP) are TLS_PLAINTEXT. A
+    timeout is HANDSHAKE_TIMEOUT. Everything else (cipher mismatch, wrong certificate purpose,
+    hostname mismatch, CRL problems, not yet valid, a reset mid-handshake) is TLS_HANDSHAKE_FAILED.
     """
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -392,7 +392,7 @@ def test_tls_1_1_client_hello_is_refused(stack: Stack) -> None:
         ctx.wrap_socket(sock, server_hostname="localhost").recv(1)
     ev = wait(lambda: [e for e in events(stack) if e.outcome is Outcome.CONNECTION_REFUSED][before:])
     assert ev, "no refusal event for a TLS 1.1 ClientHello"
-    assert ev[0].reason is Reason.TLS_HANDSHAKE_FAILED, ev[0]
+    assert ev[0].reason is Reason.TLS_PROTOCOL_VERSION, ev[0]
     print(f"\nTLS 1.1 ClientHello: {ev[0].reason.value}: {ev[0].detail}")
 
 

@@ -239,6 +239,40 @@ async def test_broker_dying_mid_drain_loses_nothing(persistent_broker: Mosquitto
     assert pub.stats["reconnects"] >= 1 and pub.stats["buffered"] == 0
 
 
+async def test_faults_between_proxy_and_broker_lose_nothing(persistent_broker: Mosquitto) -> None:
+    """fixproxy's own fault proxy between the publisher and a real mosquitto: latency with jitter
+    and sliced packets, then a blackhole (the broker seems alive but nothing comes back), then
+    resets mid-drain. Every event arrives (at least once), none is lost within the buffer bound."""
+    from fixproxy.faultproxy import FaultProxy
+
+    broker = persistent_broker
+    async with Collector(broker, "fixproxy/faulty/#", durable=True) as sub:
+        with FaultProxy(0, broker.host, broker.port, seed=7) as fp:
+            pub = MqttPublisher("127.0.0.1", fp.port, "faulty", keepalive=1, timeout=2.0, **FAST)
+            await pub.start()
+            await wait_until(lambda: pub.stats["connected"], 5)
+            fp.set(latency=0.01, jitter=0.01, slice_bytes=5)
+            pub.sink([event(i) for i in range(200)])
+            await sub.wait_until(lambda: len(set(sub.details())) == 200, timeout=20)
+            fp.reset_all()
+            fp.set(blackhole=True)  # PUBACKs and PINGRESPs vanish: the client must notice and retry
+            pub.sink([event(i) for i in range(200, 400)])
+            await asyncio.sleep(1.0)
+            assert len(set(sub.details())) < 400 or pub.stats["buffered"] > 0
+            fp.reset_all()
+            fp.reset_connections()
+            await sub.wait_until(lambda: len(set(sub.details())) == 400, timeout=20)
+            for round_ in range(3):  # resets while a drain is in flight
+                base = 400 + round_ * 1000
+                pub.sink([event(i) for i in range(base, base + 1000)])
+                await wait_until(lambda b=base: len(set(sub.details())) > b + 50, 10)  # type: ignore[misc]
+                fp.reset_connections()
+            await sub.wait_until(lambda: len(set(sub.details())) == 3400, timeout=30)
+            await pub.stop()
+    assert set(sub.details()) == {f"evt-{i}" for i in range(3400)}
+    assert pub.stats["reconnects"] >= 4 and pub.stats["overflowed"] == 0 and fp.resets >= 4
+
+
 async def test_overflow_while_down_is_counted_and_reported(persistent_broker: Mosquitto) -> None:
     broker = persistent_broker
     async with Collector(broker, "fixproxy/overflow/#", durable=True) as sub:

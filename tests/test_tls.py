@@ -280,7 +280,7 @@ def test_tls12_client_refused_by_default_server(pki: DevPki, run: Runner) -> Non
     client = tls12_only(oms_client(pki, cert, key, min_version="TLSv1.2"))
     out = run(connect(default_server(pki), client))
     assert out.refused, out
-    assert out.server_reason is Reason.TLS_HANDSHAKE_FAILED
+    assert out.server_reason is Reason.TLS_PROTOCOL_VERSION  # TLS 1.3 only by default
     assert out.client_error is not None
 
 
@@ -316,7 +316,7 @@ def test_tls11_client_refused(pki: DevPki, run: Runner) -> None:
     client.load_cert_chain(cert, key)
     out = run(connect(default_server(pki, min_version="TLSv1.2"), client))
     assert out.refused, out
-    assert out.server_reason is Reason.TLS_HANDSHAKE_FAILED
+    assert out.server_reason is Reason.TLS_PROTOCOL_VERSION
 
 
 # -- the client verifies the server --------------------------------------------------------------
@@ -557,3 +557,31 @@ def test_refused_server_hears_the_clients_alert(pki: DevPki, foreign_pki: DevPki
     assert out.refused, out
     assert out.client_reason is Reason.TLS_UNKNOWN_CA
     assert out.server_reason is Reason.TLS_UNKNOWN_CA  # "tlsv1 alert unknown ca"
+
+
+def test_plaintext_on_the_tls_port_is_its_own_reason(pki: DevPki) -> None:
+    """A plain FIX Logon (or an HTTP probe) sent to the TLS port is not a failed TLS negotiation:
+    the server's error is classified as tls_plaintext."""
+    import socket
+    import threading
+
+    server = default_server(pki)
+    for first_bytes in (b"8=FIX.4.4\x019=5\x0135=A\x0110=000\x01", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+        ls = socket.create_server(("127.0.0.1", 0))
+        errors: list[BaseException] = []
+
+        def serve(ls: socket.socket = ls, errors: list[BaseException] = errors) -> None:
+            conn, _ = ls.accept()
+            with conn:
+                try:
+                    server.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    errors.append(exc)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with socket.create_connection(ls.getsockname()) as c:
+            c.sendall(first_bytes)
+            t.join(10)
+        ls.close()
+        assert len(errors) == 1 and classify_handshake_error(errors[0]) is Reason.TLS_PLAINTEXT, errors
