@@ -434,6 +434,60 @@ uint_fits(const char *p, Py_ssize_t n, const char *m, Py_ssize_t mn)
     return n < mn || (n == mn && memcmp(p, m, (size_t)n) <= 0);
 }
 
+/* The dictionary's most frequent FUNC checks, recognised by identity (set_checks) and done here. */
+static PyObject *fn_timestamp = NULL, *fn_char = NULL, *fn_boolean = NULL;
+
+static int
+two_digits(const char *p, int lo, int hi)
+{
+    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9')
+        return 0;
+    int v = (p[0] - '0') * 10 + (p[1] - '0');
+    return v >= lo && v <= hi;
+}
+
+/* dictionary._RE_TIMESTAMP: YYYYMMDD-HH:MM:SS[.f{1,9}], month 01-12, day 01-31, hour 00-23,
+ * minute 00-59, second 00-60 */
+static int
+timestamp_ok(const char *p, Py_ssize_t n)
+{
+    if (n < 17 || n == 18 || n > 27)
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    if (!two_digits(p + 4, 1, 12) || !two_digits(p + 6, 1, 31) || p[8] != '-' || !two_digits(p + 9, 0, 23)
+        || p[11] != ':' || !two_digits(p + 12, 0, 59) || p[14] != ':' || !two_digits(p + 15, 0, 60))
+        return 0;
+    if (n == 17)
+        return 1;
+    if (p[17] != '.')
+        return 0;
+    for (Py_ssize_t i = 18; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* set_checks(timestamp_fullmatch, is_char, is_boolean) */
+static PyObject *
+set_checks(PyObject *self, PyObject *args)
+{
+    PyObject *ts, *ch, *bo;
+    if (!PyArg_ParseTuple(args, "OOO", &ts, &ch, &bo))
+        return NULL;
+    Py_XDECREF(fn_timestamp);
+    Py_XDECREF(fn_char);
+    Py_XDECREF(fn_boolean);
+    Py_INCREF(ts);
+    Py_INCREF(ch);
+    Py_INCREF(bo);
+    fn_timestamp = ts;
+    fn_char = ch;
+    fn_boolean = bo;
+    Py_RETURN_NONE;
+}
+
 /* plan_passes(checks, values, fallback) -> bool; fallback(code, arg, val) for other codes */
 static PyObject *
 plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -475,6 +529,18 @@ plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 return NULL;
             break;
         case C_FUNC: {
+            if (arg == fn_timestamp) {
+                ok = timestamp_ok(p, n);
+                break;
+            }
+            if (arg == fn_char) {
+                ok = n == 1;
+                break;
+            }
+            if (arg == fn_boolean) {
+                ok = n == 1 && (p[0] == 'Y' || p[0] == 'N');
+                break;
+            }
             PyObject *r = PyObject_CallOneArg(arg, val);
             if (r == NULL)
                 return NULL;
@@ -517,6 +583,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Message, careful_tags, single_tags)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "frame and split consecutive good messages"},
     {"plan_passes", (PyCFunction)(void (*)(void))plan_passes, METH_FASTCALL, "a dictionary plan's value checks"},
+    {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -77,6 +77,7 @@ _RE_TIMEONLY = re.compile(_HMS + _FRAC)
 _RE_DATE = re.compile(rb"[0-9]{4}" + _M2 + _D2)
 _RE_MONTHYEAR = re.compile(rb"[0-9]{4}" + _M2 + rb"(?:" + _D2 + rb"|w[1-5])?")
 _RE_DAYOFMONTH = re.compile(rb"0?[1-9]|[12][0-9]|3[01]")
+_is_timestamp = _RE_TIMESTAMP.fullmatch  # one object: the C plan checks recognise it by identity
 
 
 def _fits(val: bytes, max_digits: bytes) -> bool:
@@ -110,8 +111,8 @@ _TYPE_CHECKS: dict[str, tuple[int, object]] = {
     "PERCENTAGE": (_C_FLOAT, None),
     "CHAR": (_C_FUNC, _is_char),
     "BOOLEAN": (_C_FUNC, _is_boolean),
-    "UTCTIMESTAMP": (_C_FUNC, _RE_TIMESTAMP.fullmatch),
-    "TIME": (_C_FUNC, _RE_TIMESTAMP.fullmatch),  # FIX 4.0/4.1 name of UTCTIMESTAMP
+    "UTCTIMESTAMP": (_C_FUNC, _is_timestamp),
+    "TIME": (_C_FUNC, _is_timestamp),  # FIX 4.0/4.1 name of UTCTIMESTAMP
     "UTCTIMEONLY": (_C_FUNC, _RE_TIMEONLY.fullmatch),
     "UTCDATEONLY": (_C_FUNC, _RE_DATE.fullmatch),
     "UTCDATE": (_C_FUNC, _RE_DATE.fullmatch),
@@ -376,6 +377,8 @@ def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
 _py_plan_passes = _plan_passes
 if _speedups is not None:  # the same checks in C (fixproxy/_speedups.c); the Python above is the reference
     _c_plan_passes = _speedups.plan_passes
+    # These FUNC checks are recognised by identity and done in C (same verdicts: tests/test_speedups.py).
+    _speedups.set_checks(_is_timestamp, _is_char, _is_boolean)
 
     def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
         return _c_plan_passes(checks, values, _value_ok)

@@ -188,3 +188,23 @@ def test_inspector_validator_agrees_with_validate_before_and_after_its_plans_exi
                         want = dd.validate(msg.msg_type, msg.fields, mode=mode)
                         assert _verdict(check(msg)) == _verdict(want), (mode, v)
     assert dictionary.load_for_version(FIX44).validator("off")(msg) is None
+
+
+_TIMESTAMPS = st.one_of(
+    st.sampled_from([b"20240315-13:45:30", b"20240315-13:45:30.123", b"20240315-13:45:30.123456789",
+                     b"20241315-13:45:30", b"20240300-13:45:30", b"20240332-13:45:30", b"20240315-24:00:00",
+                     b"20240315-23:60:00", b"20240315-23:59:60", b"20240315-23:59:61", b"20240315-13:45:30.",
+                     b"20240315-13:45:30.1234567890", b"20240315 13:45:30", b"2024031-13:45:30", b"Y", b"N", b"YN",
+                     b"", b"x", b"20240315-13:45:30.12a", b"\xff"]),
+    st.binary(min_size=17, max_size=28),
+    st.from_regex(rb"[0-9]{8}-[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,10})?", fullmatch=True),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(val=_TIMESTAMPS)
+def test_timestamp_char_and_boolean_checks_done_in_c_agree(val: bytes) -> None:
+    for fn in (dictionary._is_timestamp, dictionary._is_char, dictionary._is_boolean):
+        checks = ((0, dictionary._C_FUNC, fn),)
+        assert dictionary._c_plan_passes(checks, [val], dictionary._value_ok) == \
+            dictionary._py_plan_passes(checks, [val]), (fn, val)
