@@ -61,6 +61,11 @@ bench: $(STAMP)
 bench-ci: $(STAMP)
 	$(PY) bench/run_bench.py --preset ci
 
+# Legitimate latency under floods, each attacker in its own process (bench/floods.py, about a minute).
+.PHONY: bench-floods
+bench-floods: $(STAMP)
+	$(PY) bench/floods.py
+
 # Fuzz the FIX decoder with atheris (libFuzzer) for FUZZ_SECONDS, from the seed corpus in
 # tests/data/fuzz; new inputs go to $(VENV)/fuzz-corpus, crashing inputs to .fuzz-crashes/.
 # Uses the venv (VENV=/path to pick another); atheris is installed into it when missing.

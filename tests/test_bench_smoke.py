@@ -36,3 +36,20 @@ def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
         if c["target"] != "direct":
             assert c["cpu_s"][c["target"]] > 0, c  # the middle process's CPU was measured
     assert "vs_relay" in next(c for c in cases if c["target"] == "fixproxy")["ratios"]
+
+
+def test_flood_bench_runs_and_every_legitimate_order_is_filled(tmp_path: Path) -> None:
+    """bench/floods.py at a tiny size: fixproxy and each attacker in processes of their own; the
+    legitimate session's orders all filled, the DDoS KPIs at 1.0. Latency is reported, not checked."""
+    out = tmp_path / "floods.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floods.py"), "--duration", "1", "--attackers", "1",
+         "--scenarios", "quiet,connect,handshake,msgflood", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [s["scenario"] for s in doc["scenarios"]] == ["quiet", "connect", "handshake", "msgflood"]
+    for s in doc["scenarios"]:
+        assert s["sent"] > 0 and s["filled"] == s["sent"] and s["missing"] == 0, s
+        assert s["kpis"] == {"hostile_blocked_ratio": 1.0, "legitimate_delivered_ratio": 1.0}, s
+        assert (s["attack"]["attempts"] > 0) == (s["scenario"] != "quiet"), s
