@@ -44,9 +44,10 @@ for _p in (str(ROOT / "bench"), str(ROOT)):  # loadgen (bench/loadgen/) and fixp
 from loadgen import gen, idle, procs, sink  # noqa: E402
 
 # fixproxy: everything on; fixproxy-noaudit: the same without [audit] (what the audit trail costs);
-# fixproxy-w2: everything on, two worker processes on one port (SO_REUSEPORT, fixproxy.workers)
-TARGETS = ("direct", "relay", "fixproxy", "fixproxy-noaudit", "fixproxy-w2")
-PROXIES = ("fixproxy", "fixproxy-noaudit", "fixproxy-w2")
+# fixproxy-w2: everything on, two worker processes on one port (SO_REUSEPORT, fixproxy.workers);
+# fixproxy-wal: everything on, audit write_ahead = true (each read's record written before forwarding)
+TARGETS = ("direct", "relay", "fixproxy", "fixproxy-noaudit", "fixproxy-w2", "fixproxy-wal")
+PROXIES = ("fixproxy", "fixproxy-noaudit", "fixproxy-w2", "fixproxy-wal")
 WORKERS = {"fixproxy-w2": 2}
 MODES = ("plain", "tls")
 TARGET_LATENCY_DELTA = {"p50": 40.0, "p99": 150.0}  # µs over direct TLS at 10k msg/s (the issue)
@@ -155,6 +156,7 @@ allowed_uids = [{os.getuid()}]
 [audit]
 directory = {_toml_path(a["directory"])}
 signing_key = {_toml_path(a["signing_key"])}
+write_ahead = {"true" if a.get("write_ahead") else "false"}
 """)
     if extras.get("mqtt_port"):
         out.append(f"""
@@ -311,8 +313,9 @@ class Bench:
         workdir = m.workdir / target
         workdir.mkdir(parents=True, exist_ok=True)
         extras: dict[str, Any] = {"metrics_port": metrics}
-        if self.audit_key is not None and target in ("fixproxy", "fixproxy-w2"):
-            extras["audit"] = {"directory": workdir / "audit", "signing_key": self.audit_key}
+        if self.audit_key is not None and target in ("fixproxy", "fixproxy-w2", "fixproxy-wal"):
+            extras["audit"] = {"directory": workdir / "audit", "signing_key": self.audit_key,
+                               "write_ahead": target == "fixproxy-wal"}
         if self.mosquitto is not None:
             extras["mqtt_port"] = self.mosquitto[1]
         path = workdir / "fixproxy.toml"

@@ -94,6 +94,7 @@ HEAD_FILE = "HEAD.json"
 LOCK_FILE = ".lock"
 CHECKPOINT = "checkpoint"  # kind of the signed checkpoint records (written by the trail only)
 MESSAGES = "messages"  # kind of the records append_messages writes
+PROBE = "audit.probe"  # written when the trail is writable again after a failure (see flush)
 MAX_RECORD_MESSAGES = 1024  # messages per ``messages`` record at most (consecutive reads coalesce up to it)
 MESSAGE_COLUMNS = ("msg_seq_num", "msg_type", "length", "outcome", "reason", "sha256")  # a messages entry
 RESERVED_FIELDS = frozenset({"seq", "time", "kind", "prev", "hash"})
@@ -130,6 +131,10 @@ class AuditConfig:
     # When the trail cannot be written, new orders are refused with a clear Reject (the proxy
     # implements this; the trail only carries the setting).
     fail_closed: bool = True
+    # Each read's record is written (to the kernel: it survives the proxy's own death, SIGKILL
+    # included) before any of its messages is forwarded; a read whose record cannot be written is
+    # not forwarded at all. Costs one write per read on the FIX path (see the README).
+    write_ahead: bool = False
 
     def open_trail(self, **kwargs: Any) -> AuditTrail:
         """:meth:`AuditTrail.open_or_resume` with these settings (``kwargs``: on_checkpoint, clock, ...)."""
@@ -419,6 +424,23 @@ class AuditTrail:
         pending.append((seq, self._clock(), session, direction, received_at, list(items), [1]))
         return seq
 
+    def unforward(self, seq: int, count: int, reason: str) -> int:
+        """The last ``count`` messages appended under ``seq`` (still pending) were not forwarded
+        after all (write-ahead, and their record could not be written): those recorded as
+        forwarded become refused with ``reason``. The record stays pending, to be written once
+        the trail can be. Returns how many changed."""
+        last = self._pending[-1] if self._pending else None
+        if last is None or last[0] != seq or len(last) != 7 or len(last[5]) < count:
+            raise AuditError(f"unforward: record {seq} is not the last pending messages record")
+        items = last[5]
+        changed = 0
+        for i in range(len(items) - count, len(items)):
+            msg_seq_num, msg_type, raw, outcome, _ = items[i]
+            if outcome == "forwarded":
+                items[i] = (msg_seq_num, msg_type, raw, "refused", reason)
+                changed += 1
+        return changed
+
     def append(self, kind: str, **fields: Any) -> int:
         """One record (``session.logon``, ``refusal``, ``admin``, ``config.reload``, ...); returns
         its seq. ``fields`` must not use seq, time, kind, prev or hash."""
@@ -467,12 +489,18 @@ class AuditTrail:
     def flush(self) -> None:
         """Serialise the pending records as JSON lines, write them (fsync per policy), and write a
         checkpoint when one is due. On failure the records stay pending, ``error`` is set and
-        :class:`AuditError` is raised; the next flush retries."""
+        :class:`AuditError` is raised; the next flush retries.
+
+        ``error`` is cleared only by a write that succeeds: a flush with nothing to write proves
+        nothing. While it is set and nothing is pending, an ``audit.probe`` record is appended, so
+        that the next flush does try a write (and, once one succeeds, the trail shows when)."""
         if self._closed:
             raise AuditError("the audit trail is closed")
         try:
             if self._broken is not None:
                 raise AuditError(f"the audit trail needs recovery: {self._broken}")
+            if self.error is not None and not self._pending:
+                self.append(PROBE, after=f"{type(self.error).__name__}: {self.error}"[:300])
             if self._pending:
                 batch, self._pending = self._pending, []
                 before = self._written

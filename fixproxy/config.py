@@ -759,6 +759,7 @@ AUDIT: dict[str, Field] = {
     "encryption_key": Value(_encryption_key),
     "store_messages": Value(_bool),
     "fail_closed": Value(_bool),
+    "write_ahead": Value(_bool),
 }
 
 

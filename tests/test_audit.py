@@ -1016,7 +1016,7 @@ def test_config_audit_keys_are_the_audit_config_fields() -> None:
      "fixproxy.toml: audit.encryption_key: only used with store_messages = true (set it, or remove the key)"),
     ('directory = "audit"\nsigning_key = "sign.pem"\nfsnyc = "always"\n',
      'fixproxy.toml: audit.fsnyc: unknown key (did you mean "fsync"?); allowed keys: directory, signing_key, '
-     "checkpoint_every, checkpoint_seconds, fsync, encryption_key, store_messages, fail_closed"),
+     "checkpoint_every, checkpoint_seconds, fsync, encryption_key, store_messages, fail_closed, write_ahead"),
 ])
 def test_config_audit_errors(conf_dir: Path, table: str, expected: str) -> None:
     assert audit_error(conf_dir, table) == expected
@@ -1142,3 +1142,67 @@ def test_message_rows_are_the_json_the_encoder_would_write(tmp_path: Path, keys:
                 for s, mt, raw, out, reason in items]
     assert json.loads(line)["messages"] == expected
     assert b'"messages":' + json.dumps(expected, separators=(",", ":"), ensure_ascii=True).encode() in line
+
+
+def test_unforward_marks_the_last_pending_messages_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """Write-ahead: a read whose record could not be written is not forwarded; its messages stay in
+    the pending record (coalesced or not), now refused with the reason, to be written later.
+    Only the last pending messages record can change."""
+    t = open_trail(tmp_path, keys, checkpoint_every=10_000)
+    a = t.append_messages("OMS1", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)])
+    b = t.append_messages("OMS1", "inbound", 2.0, [(3, b"D", NOS, "forwarded", None),
+                                                   (4, b"D", NOS, "refused", "rate_limited")])
+    assert a == b
+    assert t.unforward(b, 2, "audit_unavailable") == 1  # the second read: one was forwarded
+    with pytest.raises(AuditError):
+        t.unforward(b, 4, "audit_unavailable")  # more than the record holds
+    d = t.append("session.logon", session="OMS1")
+    with pytest.raises(AuditError):
+        t.unforward(a, 1, "audit_unavailable")  # not the last pending record any more
+    t.close()
+    assert verify(tmp_path, keys["pub"]).ok
+    recs = {r["seq"]: r for r in records(tmp_path)}
+    assert [(m[0], m[3], m[4]) for m in recs[a]["messages"]] == [
+        (2, "forwarded", None), (3, "refused", "audit_unavailable"), (4, "refused", "rate_limited")]
+    assert recs[d]["kind"] == "session.logon"
+
+
+def test_error_clears_only_when_a_write_succeeds(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """An empty flush proves nothing: after a failed write the trail stays in error until a write
+    succeeds; with nothing pending, an audit.probe record is what gets written."""
+    import errno
+
+    t = open_trail(tmp_path, keys, checkpoint_every=10_000)
+    t.flush()
+    real_write = t._write
+    failing = {"on": True}
+
+    def write(fd: int, data: bytes) -> None:
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(fd, data)
+
+    t._write = write  # type: ignore[method-assign]
+    t.append("session.logon", session="OMS1")
+    with pytest.raises(AuditError):
+        t.flush()
+    assert t.error is not None and t.pending == 1
+    failing["on"] = False
+    t.flush()  # the pending record goes: writable again
+    assert t.error is None and t.pending == 0
+    failing["on"] = True
+    t.append("session.logon", session="OMS2")
+    with pytest.raises(AuditError):
+        t.flush()
+    t._pending.clear()  # what write-ahead leaves when nothing else waits: nothing pending at all
+    t._seq -= 1
+    with pytest.raises(AuditError):
+        t.flush()  # nothing pending, yet not "writable": a probe is tried, and fails
+    assert t.error is not None and t.pending == 1
+    failing["on"] = False
+    t.flush()
+    assert t.error is None
+    t.close()
+    assert verify(tmp_path, keys["pub"]).ok
+    kinds = [r["kind"] for r in records(tmp_path)]
+    assert kinds.count("audit.probe") == 1 and kinds.count("session.logon") == 1

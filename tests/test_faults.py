@@ -27,7 +27,9 @@ from helpers import NO_BRUTEFORCE
 import fixproxy.demo as demo
 from fixproxy.demo import Stack
 from fixproxy.engines import OrderEntry
+from fixproxy.events import Outcome
 from fixproxy.faultproxy import FaultProxy
+from fixproxy.reasons import Reason
 
 WAIT = 20.0
 _SEQUENCE_ERROR = re.compile(r"MsgSeqNum too low|NextExpectedMsgSeqNum too high")
@@ -329,7 +331,7 @@ def test_repeated_failover_drills(tmp_path: Path) -> None:
 # -- 4. fixproxy killed with SIGKILL mid-stream, restarted on the same port -----------------------------
 
 
-def _audit_extra(work: Path, audit_dir: Path) -> str:
+def _audit_extra(work: Path, audit_dir: Path, *, write_ahead: bool = False) -> str:
     from fixproxy.audit import generate_signing_key
 
     key = work / "audit-signing.pem"
@@ -339,6 +341,7 @@ def _audit_extra(work: Path, audit_dir: Path) -> str:
 directory = "{audit_dir}"
 signing_key = "{key}"
 checkpoint_seconds = 0.5
+write_ahead = {"true" if write_ahead else "false"}
 """
 
 
@@ -365,9 +368,11 @@ def _child_proxy(stack: Stack) -> subprocess.Popen[bytes]:
     return proc
 
 
-def test_sigkill_mid_stream_then_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("write_ahead", [False, True], ids=["batched", "write_ahead"])
+def test_sigkill_mid_stream_then_restart(tmp_path: Path, write_ahead: bool) -> None:
     audit_dir = tmp_path / "audit"
-    stack = Stack(tmp_path, ["FLT4"], sessions={"FLT4": {}}, extra=_audit_extra(tmp_path, audit_dir))
+    stack = Stack(tmp_path, ["FLT4"], sessions={"FLT4": {}},
+                  extra=_audit_extra(tmp_path, audit_dir, write_ahead=write_ahead))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         stack.start(oms=False)
@@ -407,14 +412,16 @@ def test_sigkill_mid_stream_then_restart(tmp_path: Path) -> None:
         forwarded = {row[0] for r in records if r["kind"] == "messages" and r["session"] == "FLT4"
                      for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
         at_ats = {int(m.get(34)): m.get(11) for m in stack.ats[0].messages("D", "FIX.4.4:ATS->FLT4")}  # type: ignore[union-attr]
-        # Records are batched off the FIX path (flushed every 50 ms): what was forwarded in the last
+        # Batched mode: records are written off the FIX path (every 5 ms): what was forwarded in the last
         # batch before SIGKILL is not in the trail. Everything after the restart is.
         after_restart = {s for s, cl in at_ats.items() if cl.startswith("K3-")}
         assert len(after_restart) == 10 and after_restart <= forwarded, sorted(after_restart - forwarded)
         lost = sorted(s for s in at_ats if s not in forwarded)
-        print(f"\nSIGKILL: {len(stream & fills(oms))}/30 mid-stream orders filled after restart; "
-              f"audit.recovered {recovered[0]}; verify: {out.stdout.strip()}; "
+        print(f"\nSIGKILL ({'write-ahead' if write_ahead else 'batched'} audit): {len(stream & fills(oms))}/30 "
+              f"mid-stream orders filled after restart; audit.recovered {recovered[0]}; verify: {out.stdout.strip()}; "
               f"orders the ATS received with no audit record (the unflushed batch at the kill): {len(lost)}")
+        if write_ahead:
+            assert lost == [], f"forwarded without an audit record: {lost}"  # never an unaudited forward
     finally:
         for p in procs:
             if p.poll() is None:
@@ -468,7 +475,8 @@ def test_disk_full_refuses_orders_then_recovers(tmp_path: Path) -> None:
             assert _wait(lambda: proxy.audit_down, 10), "the proxy did not notice the full disk"
             before = len(oms.rejects)
             oms.send_new_order("F2-REFUSED", "VOD.L", "1", 100, 10.5)
-            assert oms.wait_for(lambda: len(oms.rejects) > before, WAIT)
+            assert oms.wait_for(lambda: len(oms.rejects) > before, WAIT), [
+                (e.kind, e.reason, e.detail) for e in stack.proxy.events()][-12:]
             assert "Audit trail unavailable" in (oms.rejects[-1].get(58) or "")
             assert any(e.kind == "audit.unavailable" for e in stack.proxy.events())
             assert "F2-REFUSED" not in acked(oms)
@@ -490,3 +498,61 @@ def test_disk_full_refuses_orders_then_recovers(tmp_path: Path) -> None:
                      for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
         at_ats = {int(m.get(34)) for m in stack.ats[0].messages("D", "FIX.4.4:ATS->FLT5")}  # type: ignore[union-attr]
         assert at_ats <= forwarded, f"forwarded without an audit record: {sorted(at_ats - forwarded)}"
+
+
+def test_disk_full_with_write_ahead_forwards_nothing_unaudited(tmp_path: Path) -> None:
+    """`write_ahead = true`: a read whose record cannot be written is not forwarded at all; the
+    session is closed (audit_unavailable) and stays down while the disk is full, since even its
+    Logon cannot be recorded. When space returns the OMS logs on again, the ATS asks for what it
+    missed, the order sent into the full disk is resent and filled, and every order the ATS ever
+    received has its audit record."""
+    with small_tmpfs(tmp_path / "fs") as fs:
+        audit_dir = fs / "audit"
+        stack = Stack(tmp_path / "w", ["FLT6"], sessions={"FLT6": {}},
+                      extra=_audit_extra(tmp_path, audit_dir, write_ahead=True))
+        try:
+            stack.start()
+            assert stack.proxy is not None and stack.proxy.proxy is not None
+            proxy = stack.proxy.proxy
+            oms = stack.oms["FLT6"]
+            assert oms.wait_logged_on(WAIT)
+            wait_filled(oms, send_orders(oms, "W1-", 5))
+            filler = _fill(fs)
+
+            def closed() -> bool:
+                return any(e.reason is Reason.AUDIT_UNAVAILABLE and e.outcome is Outcome.DISCONNECTED
+                           for e in stack.proxy.events())  # type: ignore[union-attr]
+
+            # The first records may still fit in the file's last page; soon one does not.
+            probes: list[str] = []
+            while not closed() and len(probes) < 50:
+                probes.append(f"W2-{len(probes):03d}")
+                oms.send_new_order(probes[-1], "VOD.L", "1", 100, 10.5)
+                _wait(closed, 0.3)
+            assert closed(), "the session was not closed"
+            assert proxy.audit_down
+            time.sleep(1.5)  # the OMS's reconnects meanwhile: closed too, nothing crosses
+            # (the read whose record failed may be an order, or the ATS's fill: either way it did
+            # not cross, which the final check of the trail against the ATS proves)
+            filler.unlink()
+            assert _wait(lambda: not proxy.audit_down)
+            assert oms.wait_logged_on(WAIT)
+            wait_filled(oms, set(probes))  # what did not cross is resent on the ATS's ResendRequest
+            wait_filled(oms, send_orders(oms, "W3-", 5))
+            stack.proxy.sync(lambda: proxy.audit.flush())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (fs / "filler").unlink()
+            stack.stop()
+        from fixproxy.audit import verify
+
+        result = verify(audit_dir)
+        assert result.ok, result.problem
+        records = _audit_records(audit_dir)
+        forwarded = {row[0] for r in records if r["kind"] == "messages" and r["session"] == "FLT6"
+                     for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
+        at_ats = {int(m.get(34)) for m in stack.ats[0].messages("D", "FIX.4.4:ATS->FLT6")}  # type: ignore[union-attr]
+        assert at_ats <= forwarded, f"forwarded without an audit record: {sorted(at_ats - forwarded)}"
+        refused = [row for r in records if r["kind"] == "messages" and r["session"] == "FLT6"
+                   for row in r["messages"] if row[3] == "refused" and row[4] == "audit_unavailable"]
+        assert refused, "the read that was not forwarded is not recorded as such"
