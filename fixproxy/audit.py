@@ -67,6 +67,7 @@ prove it was in the trail; for low-entropy messages they also confirm a guess).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -332,7 +333,8 @@ class AuditTrail:
                  checkpoint_seconds: float = _D.checkpoint_seconds, fsync: str = _D.fsync,
                  encryption_key: Path | None = _D.encryption_key, store_messages: bool = _D.store_messages,
                  max_file_bytes: int = 64 << 20, on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.time, _resume: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, background_sync: bool = False,
+                 _resume: bool = False) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         if checkpoint_every < 1 or not checkpoint_seconds > 0 or max_file_bytes < 1:
@@ -362,6 +364,11 @@ class AuditTrail:
         self._broken: str | None = None  # a write failed and its bytes could not be taken back
         self._closed = False
         self.error: BaseException | None = None  # the last flush failure; None once a flush succeeds
+        # background_sync: the fsyncs and HEAD.json of each checkpoint (and fsync="always") run in
+        # a thread of their own, in order, so that the caller's thread (the event loop) never waits
+        # on the disk; a failure there is raised by the next flush.
+        self._sync: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sync_jobs: list[concurrent.futures.Future[None]] = []
 
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -390,6 +397,8 @@ class AuditTrail:
         except BaseException:
             self._release()
             raise
+        if background_sync:
+            self._sync = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-sync")
 
     @classmethod
     def open_or_resume(cls, directory: Path, signing_key: Path, **kwargs: Any) -> AuditTrail:
@@ -499,6 +508,7 @@ class AuditTrail:
         try:
             if self._broken is not None:
                 raise AuditError(f"the audit trail needs recovery: {self._broken}")
+            self._sync_errors()
             if self.error is not None and not self._pending:
                 self.append(PROBE, after=f"{type(self.error).__name__}: {self.error}"[:300])
             if self._pending:
@@ -511,7 +521,7 @@ class AuditTrail:
                     if done < len(batch):  # put back what is not on disk, in front of newer records
                         self._pending[:0] = batch[done:]
                 if self.fsync == "always":
-                    os.fsync(self._fd)
+                    self._durable(self._fd, None)
             if self._written > self._last_checkpoint and (
                     self._force_checkpoint or self._written - self._last_checkpoint >= self.checkpoint_every
                     or self._clock() - self._checkpoint_time >= self.checkpoint_seconds):
@@ -531,9 +541,16 @@ class AuditTrail:
         try:
             self._force_checkpoint = True  # seal everything written
             self.flush()
+            if self._sync is not None:
+                self._sync.shutdown(wait=True)  # the last HEAD.json written before we go
+                self._sync = None
+                self._sync_errors(wait=True)
             if self.fsync != "never":
                 os.fsync(self._fd)
         finally:
+            if self._sync is not None:
+                self._sync.shutdown(wait=True)
+                self._sync = None
             self._closed = True
             self._release()
 
@@ -642,19 +659,58 @@ class AuditTrail:
             self._rotate()
         self._write_chunk([line], seq, digest)
         self._seq = seq
-        if self.fsync != "never":
-            os.fsync(self._fd)
         self._last_checkpoint = seq
         self._checkpoint_time = self._clock()
         self._force_checkpoint = False
         sealed = {**rec, "hash": digest}
         assert self._file is not None
-        self._write_head({"checkpoint": sealed, "file": self._file.name, "line": self._file_lines})
+        self._durable(self._fd, {"checkpoint": sealed, "file": self._file.name, "line": self._file_lines})
         if self.on_checkpoint is not None:
             try:
                 self.on_checkpoint(dict(sealed))
             except Exception:  # publishing the copy must not stop the trail
                 log.exception("audit on_checkpoint callback failed")
+
+    def _durable(self, fd: int, head: dict[str, Any] | None) -> None:
+        """fsync the trail file (per policy), then write HEAD.json when ``head`` is given: here, or
+        in the sync thread with a duplicate of the descriptor (the file may rotate meanwhile)."""
+        if self._sync is None:
+            if self.fsync != "never":
+                os.fsync(fd)
+            if head is not None:
+                self._write_head(head)
+            return
+        dup = os.dup(fd) if self.fsync != "never" else -1
+        try:
+            self._sync_jobs.append(self._sync.submit(self._durable_job, dup, head))
+        except BaseException:
+            if dup >= 0:
+                os.close(dup)
+            raise
+
+    def _durable_job(self, fd: int, head: dict[str, Any] | None) -> None:
+        try:
+            if fd >= 0:
+                os.fsync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if head is not None:
+            self._write_head(head)
+
+    def _sync_errors(self, wait: bool = False) -> None:
+        """Raise the first failure of the sync thread's finished jobs (all of them with ``wait``)."""
+        jobs, self._sync_jobs = self._sync_jobs, []
+        failure: BaseException | None = None
+        for job in jobs:
+            if not wait and not job.done():
+                self._sync_jobs.append(job)
+                continue
+            exc = job.exception()
+            if exc is not None and failure is None:
+                failure = exc
+        if failure is not None:
+            raise failure
 
     def _write_head(self, head: dict[str, Any]) -> None:
         tmp = self.directory / f".{HEAD_FILE}.tmp"

@@ -5,6 +5,7 @@ at rest, export, the `fixproxy audit` commands and the [audit] configuration tab
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import inspect
@@ -294,14 +295,15 @@ def test_rotation_across_files(tmp_path: Path, keys: dict[str, Path]) -> None:
     st.tuples(st.just("flush"), st.none()),
     st.tuples(st.just("tick"), st.floats(min_value=0, max_value=10)),
 ), max_size=60), every=st.integers(1, 8), max_bytes=st.integers(200, 3000), store=st.booleans(),
-       fsync=st.sampled_from(audit_mod.FSYNC_POLICIES))
+       fsync=st.sampled_from(audit_mod.FSYNC_POLICIES), background=st.booleans())
 def test_property_any_sequence_verifies(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path],
                                         ops: list[tuple[str, Any]], every: int, max_bytes: int, store: bool,
-                                        fsync: str) -> None:
+                                        fsync: str, background: bool) -> None:
     d = tmp_path_factory.mktemp("prop")
     clock = Clock()
     t = open_trail(d, keys, checkpoint_every=every, checkpoint_seconds=3.0, max_file_bytes=max_bytes, clock=clock,
-                   store_messages=store, encryption_key=keys["aes"] if store else None, fsync=fsync)
+                   store_messages=store, encryption_key=keys["aes"] if store else None, fsync=fsync,
+                   background_sync=background)
     appended: list[int] = []
     for op, arg in ops:
         if op == "msgs":
@@ -1206,3 +1208,43 @@ def test_error_clears_only_when_a_write_succeeds(tmp_path: Path, keys: dict[str,
     assert verify(tmp_path, keys["pub"]).ok
     kinds = [r["kind"] for r in records(tmp_path)]
     assert kinds.count("audit.probe") == 1 and kinds.count("session.logon") == 1
+
+
+def test_background_sync_keeps_head_current_and_reports_its_failures(tmp_path: Path,
+                                                                     keys: dict[str, Path]) -> None:
+    """background_sync: checkpoints' fsyncs and HEAD.json are written by a thread of the trail's
+    own, in order; HEAD.json ends at the last checkpoint; a failure there is raised by the next
+    flush and sets `error` (the proxy then fails closed)."""
+    import threading
+
+    t = open_trail(tmp_path, keys, checkpoint_every=2, background_sync=True)
+    writers: set[str] = set()
+    real_head = t._write_head
+
+    def head(h: dict[str, Any]) -> None:
+        writers.add(threading.current_thread().name)
+        real_head(h)
+
+    t._write_head = head  # type: ignore[method-assign]
+    for i in range(6):
+        t.append("session.logon", session=f"S{i}")
+        t.flush()
+    t._sync_errors(wait=True)
+    assert writers and all(name.startswith("audit-sync") for name in writers)
+    assert load_head(tmp_path)["checkpoint"]["seq"] == t.last_checkpoint_seq
+
+    def failing_head(h: dict[str, Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    t._write_head = failing_head  # type: ignore[method-assign]
+    t.append("session.logon", session="S9")
+    t.append("session.logon", session="S10")
+    t.flush()  # the checkpoint's HEAD.json fails in the thread...
+    t._sync.shutdown(wait=True)  # type: ignore[union-attr]  # (let it finish: no race in the test)
+    t._sync = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-sync")
+    with pytest.raises(AuditError):
+        t.flush()  # ...and the next flush says so
+    assert t.error is not None
+    t._write_head = real_head  # type: ignore[method-assign]
+    t.close()
+    assert verify(tmp_path, keys["pub"]).ok
