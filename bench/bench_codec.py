@@ -3,7 +3,7 @@
 Rows, each for a FIX 4.4 NewOrderSingle and ExecutionReport of about 200 bytes:
   decode              Decoder.feed: framing, BodyLength, CheckSum, 8/9/35 order, Message objects
   + check_syntax      ... and Message.check_syntax (tags, values, data fields, duplicates)
-  + dictionary        ... and fixproxy.dictionary validate(mode="strict"), when that module exists
+  + dictionary        ... and fixproxy.dictionary's strict validator (the inspector's call), when it exists
   quickfix            quickfix.Message(str, dd, validate) and dd.validate, for comparison (same NOS)
 
 Method: a stream of N messages (distinct MsgSeqNum/ClOrdID) is fed in CHUNK-byte pieces, as a
@@ -85,7 +85,7 @@ def run_syntax(chunks: list[bytes]) -> int:
 
 
 def make_run_dictionary(dd: object) -> Callable[[list[bytes]], int]:
-    validate = dd.validate  # type: ignore[attr-defined]
+    check = dd.validator("strict")  # type: ignore[attr-defined]  # what the session inspector calls
 
     def run_dictionary(chunks: list[bytes]) -> int:
         d = Decoder()
@@ -95,7 +95,7 @@ def make_run_dictionary(dd: object) -> Callable[[list[bytes]], int]:
                 assert isinstance(m, Message)
                 if m.check_syntax() is not None:
                     raise AssertionError(m)
-                r = validate(m.msg_type, m.fields, mode="strict")
+                r = check(m)
                 if r is not None:
                     raise AssertionError(r)
                 n += 1
