@@ -109,15 +109,30 @@ class Link:
                 self.oms.pause("early")
             self.early.append(data)
             return
-        self.proxy.bytes_by_leg["oms"] += len(data)
+        proxy = self.proxy
+        proxy.bytes_by_leg["oms"] += len(data)
+        if proxy.write_ahead and proxy.audit.error is not None and self.audit_still_down():
+            return
         self.apply(insp.from_initiator(data, now), now, "inbound")
 
     def from_ats(self, data: bytes) -> None:
         insp = self.inspector
         if insp is not None:
             now = perf()
-            self.proxy.bytes_by_leg["ats"] += len(data)
+            proxy = self.proxy
+            proxy.bytes_by_leg["ats"] += len(data)
+            if proxy.write_ahead and proxy.audit.error is not None and self.audit_still_down():
+                return
             self.apply(insp.from_acceptor(data, now), now, "outbound")
+
+    def audit_still_down(self) -> bool:
+        """Write-ahead with the trail known to be unwritable: the read is not even inspected (its
+        effects on the session state could not be delivered), the session is closed, and the
+        engines resend once it is back. True when that happened."""
+        if self.proxy.flush_audit():
+            return False
+        self.close(Refusal(Reason.AUDIT_UNAVAILABLE, "Audit trail unavailable: nothing is forwarded"), event=True)
+        return True
 
     def apply(self, res: ReadResult, received_at: float, direction: str) -> None:
         proxy = self.proxy
@@ -126,7 +141,8 @@ class Link:
             if proxy.write_ahead and not proxy.flush_audit() and proxy.audit.written < seq:
                 # Write-ahead: this read's record is not on disk, so nothing of it crosses; its
                 # record (kept, written later) says so, and so do the counters. The session is
-                # closed: the engines resynchronise by the FIX rules once it is back.
+                # closed: the engines resynchronise by the FIX rules once it is back. (Only the
+                # first read to meet the failure gets here; later ones are not even inspected.)
                 n = proxy.audit.unforward(seq, count, Reason.AUDIT_UNAVAILABLE.value)
                 insp = self.inspector
                 if insp is not None:
