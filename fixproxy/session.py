@@ -254,7 +254,8 @@ class SessionInspector:
         if state is None:
             self._logon(d, msg, res, received_at)
             return
-        refusal = msg.check_syntax(self.limits)
+        # check_syntax, unless the C scanner already checked it under these limits (the common case)
+        refusal = None if msg._checked_with is self.limits else msg.check_syntax(self.limits)
         if refusal is not None:
             seq_b = _find_field(msg, b"34")
             if seq_b is not None and seq_b.isdigit() and int(seq_b) < state.next_seq[d] \
@@ -266,7 +267,9 @@ class SessionInspector:
                 return
             self._refuse(d, msg, refusal, res, now, received_at)
             return
-        idx = msg.index()
+        idx = msg._index
+        if idx is None:
+            idx = msg.index()
         get = idx.get  # one dict, C-level lookups from here on
         sender, target = self._comp[d]
         if get(b"49") != sender or get(b"56") != target:
