@@ -85,7 +85,7 @@ SOAK_FUZZ_SECONDS ?= 600
 soak: $(STAMP) system-deps
 	@for i in $$(seq 1 $(SOAK_ROUNDS)); do \
 	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
-	  $(PY) -m pytest -q tests/test_faults.py tests/test_floods.py tests/test_adversarial.py \
+	  $(PY) -m pytest -q tests/test_faults.py tests/test_floods.py tests/test_adversarial.py tests/test_session_sockets.py \
 	    tests/test_proxy_e2e.py tests/test_proxy_refusals.py || exit 1; \
 	done
 	$(MAKE) fuzz FUZZ_SECONDS=$(SOAK_FUZZ_SECONDS)
