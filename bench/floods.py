@@ -96,7 +96,6 @@ def _attack(kind: str, port: int, duration: float, index: int, certs: dict[str, 
         hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
         logon = b"8=FIX.4.4\x019=70\x0135=A\x0149=DRIP\x0156=ATS\x0134=1\x0152=20240101-00:00:00\x0198=0\x01108=30\x01"
         conns: list[tuple[Any, bytes, int]] = []
-        pos = 0
         while time.monotonic() < deadline:
             while len(conns) < 100:  # keep 100 open: the proxy closes them at its deadlines
                 try:
@@ -120,7 +119,6 @@ def _attack(kind: str, port: int, duration: float, index: int, certs: dict[str, 
                     refused += 1
                     s.close()
             conns = alive
-            pos += 1
             time.sleep(1.0)
         for s, _, _ in conns:
             s.close()
@@ -189,9 +187,9 @@ class Trader:
             if rest > 0:
                 time.sleep(rest)
         lat.sort()
-        q = (lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] * 1e6) if lat else (lambda p: None)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e6 if lat else None
         return {"sent": len(lat) + missing, "filled": len(lat), "missing": missing,
-                "p50_us": statistics.median(lat) * 1e6 if lat else None, "p99_us": q(0.99),
+                "p50_us": statistics.median(lat) * 1e6 if lat else None, "p99_us": p99,
                 "max_us": lat[-1] * 1e6 if lat else None}
 
 

@@ -21,6 +21,7 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 
 from .reasons import Reason, Refusal
 
@@ -652,7 +653,7 @@ def replace_fields(msg: Message, changes: dict[bytes, bytes]) -> bytes:
     return out + b"10=%03d\x01" % checksum(out)
 
 
-def _load_speedups():  # -> the module or None
+def _load_speedups() -> ModuleType | None:
     """The optional C scanner (fixproxy/_speedups.c), or None: FIXPROXY_PURE=1, or not built."""
     if os.environ.get("FIXPROXY_PURE", "") not in ("", "0"):
         return None
