@@ -322,7 +322,8 @@ def _file_name(index: int) -> str:
 
 # -- the writer ------------------------------------------------------------------------------------
 
-Item = tuple[int | None, bytes, bytes, str, str | None]  # msg_seq_num, msg_type, raw, outcome, reason
+# msg_seq_num (an int, or the digits as received), msg_type, raw, outcome, reason
+Item = tuple[int | bytes | None, bytes, bytes, str, str | None]
 
 
 class AuditTrail:
@@ -586,9 +587,16 @@ class AuditTrail:
             mt = mt_json.get(msg_type)
             if mt is None:
                 mt = _render_msg_type(msg_type)
-            append(f'[{"null" if msg_seq_num is None else int(msg_seq_num)},{mt},{len(raw)},'
-                   f'{_json_text(outcome)},{"null" if reason is None else _json_text(reason)},'
-                   f'"{sha256(raw).hexdigest()}"]')
+            # msg_seq_num: an int, or the digits as received (bytes; anything else is no number)
+            if msg_seq_num is None or (type(msg_seq_num) is bytes and not msg_seq_num.isdigit()):
+                num = "null"
+            else:
+                num = int(msg_seq_num)
+            if outcome == "forwarded" and reason is None:  # the common row
+                append(f'[{num},{mt},{len(raw)},"forwarded",null,"{sha256(raw).hexdigest()}"]')
+            else:
+                append(f'[{num},{mt},{len(raw)},{_json_text(outcome)},'
+                       f'{"null" if reason is None else _json_text(reason)},"{sha256(raw).hexdigest()}"]')
         rec = {"seq": seq, "time": t, "kind": MESSAGES, "session": session, "direction": direction,
                "received_at": received_at, "count": len(rows), "sha256": whole.hexdigest(),
                "messages": _ROWS_PLACEHOLDER}

@@ -405,11 +405,10 @@ class FixProxy:
         message's metadata; digests are computed at flush."""
         insp = link.inspector
         session = insp.session_name if insp is not None and insp.session_name else link.source
-        items: list[tuple[int | None, bytes, bytes, str, str | None]] = []
-        for msg in res.forwarded:
-            seq = msg.get(b"34")
-            items.append((int(seq) if seq is not None and seq.isdigit() else None, msg.msg_type, msg.raw,
-                          "forwarded", None))
+        # MsgSeqNum as the digits received (a forwarded message always has valid ones): the trail
+        # turns them into a number when it writes the record, off the per-read path.
+        items: list[tuple[int | bytes | None, bytes, bytes, str, str | None]] = [
+            (msg.get(b"34"), msg.msg_type, msg.raw, "forwarded", None) for msg in res.forwarded]
         for msg, ev in res.refused:
             items.append((ev.msg_seq_num, msg.msg_type, msg.raw, ev.outcome.value,
                           ev.reason.value if ev.reason else None))
