@@ -104,6 +104,7 @@ class TlsBridge(ThreadedServer):
         self._active += 1
         peer = writer.get_extra_info("peername")
         upstream: asyncio.StreamWriter | None = None
+        dying = False
         try:
             if self._accept_tls is not None:
                 try:
@@ -132,14 +133,24 @@ class TlsBridge(ThreadedServer):
             # Only stop() cancels a handler. Ending normally keeps asyncio's start_server callback
             # (3.11) from logging the cancellation as an error.
             pass
+        except GeneratorExit:
+            dying = True  # collected while suspended (its loop was closed under it)
+            raise
         finally:
-            try:
-                await self._close(writer, upstream)
-            except asyncio.CancelledError:
-                pass  # as above; _close has already dropped the sockets
-            finally:
+            if dying:  # nothing may be awaited now: drop the sockets
+                for side in (writer, upstream):
+                    if side is not None:
+                        side.transport.abort()
                 self._active -= 1
                 self._tasks.discard(task)
+            else:
+                try:
+                    await self._close(writer, upstream)
+                except asyncio.CancelledError:
+                    pass  # as above; _close has already dropped the sockets
+                finally:
+                    self._active -= 1
+                    self._tasks.discard(task)
 
     @staticmethod
     async def _close(*sides: asyncio.StreamWriter | None) -> None:
