@@ -116,6 +116,7 @@ class AnomalyConfig:
     n: int = 5
     warmup: int = 200
     alpha: float = 0.02  # EWMA weight of a new observation
+    repeat: int = 1000  # a run that goes on is reported again every `repeat` anomalous reads
 
 
 @dataclass(frozen=True)
@@ -647,6 +648,7 @@ ANOMALY: dict[str, Field] = {
     "n": Value(_positive_int),
     "warmup": Value(_positive_int),
     "alpha": Value(_positive_number),
+    "repeat": Value(_positive_int),
 }
 
 AUTH: dict[str, Field] = {

@@ -50,13 +50,16 @@ class LatencyStats:
 class AnomalyDetector:
     """Running mean and variance of a session's proxy latency (EWMA); an anomaly is raised when
     latency exceeds mean + k·sigma for n consecutive observations, after a warm-up. Anomalous
-    observations do not update the baseline, so a sustained slowdown keeps being reported."""
+    observations do not update the baseline, so a sustained slowdown keeps being reported: again
+    after every `repeat` further anomalous observations in the same run."""
 
-    __slots__ = ("alpha", "anomalies", "k", "mean", "n", "run", "seen", "var", "warmup")
+    __slots__ = ("alpha", "anomalies", "k", "mean", "n", "repeat", "run", "seen", "var", "warmup")
 
-    def __init__(self, *, k: float = 4.0, n: int = 5, warmup: int = 200, alpha: float = 0.02) -> None:
+    def __init__(self, *, k: float = 4.0, n: int = 5, warmup: int = 200, alpha: float = 0.02,
+                 repeat: int = 1000) -> None:
         self.k = k
         self.n = n
+        self.repeat = repeat
         self.warmup = warmup
         self.alpha = alpha
         self.mean = 0.0
@@ -66,7 +69,8 @@ class AnomalyDetector:
         self.anomalies = 0
 
     def observe(self, x: float) -> bool:
-        """True exactly when this observation completes a run of n anomalous ones."""
+        """True when this observation completes a run of n anomalous ones, and again every
+        `repeat` anomalous observations while the run goes on."""
         self.seen += 1
         if self.seen <= self.warmup:
             d = x - self.mean
@@ -76,7 +80,7 @@ class AnomalyDetector:
         sigma = math.sqrt(max(self.var, 0.0))
         if x > self.mean + self.k * max(sigma, 1e-6):
             self.run += 1
-            if self.run == self.n:
+            if self.run == self.n or (self.run > self.n and (self.run - self.n) % self.repeat == 0):
                 self.anomalies += 1
                 return True
             return False

@@ -536,7 +536,8 @@ class FixProxy:
 
     def new_anomaly_detector(self) -> AnomalyDetector:
         a = self.config.anomaly
-        return AnomalyDetector(k=a.k, n=a.n, warmup=a.warmup, alpha=a.alpha) if a is not None else AnomalyDetector()
+        return (AnomalyDetector(k=a.k, n=a.n, warmup=a.warmup, alpha=a.alpha, repeat=a.repeat) if a is not None
+                else AnomalyDetector())
 
     # ---- start / stop ---------------------------------------------------------------------
     def _build_contexts(self, config: ProxyConfig) -> None:

@@ -761,6 +761,19 @@ def test_anomaly_detector_injected_delay() -> None:
     assert det.anomalies == 2
 
 
+def test_anomaly_detector_reports_a_sustained_run_again() -> None:
+    """A slowdown that goes on is not reported once and forgotten: every `repeat` anomalous reads
+    of the same run raise again (an alert on the counter's rate stays on)."""
+    det = AnomalyDetector(k=3, n=3, warmup=20, repeat=10)
+    for i in range(200):
+        det.observe(_steady(i))
+    raised = [i for i in range(45) if det.observe(0.005)]
+    assert raised == [2, 12, 22, 32, 42]  # the 3rd slow read, then every 10 more
+    assert det.anomalies == 5
+    det.observe(_steady(0))  # the run ends; a new one starts counting afresh
+    assert [det.observe(0.005) for _ in range(3)] == [False, False, True]
+
+
 def test_anomaly_detector_quiet_during_warmup() -> None:
     det = AnomalyDetector(k=3, n=3, warmup=20)
     series = [_steady(i) for i in range(10)] + [0.05] * 10
