@@ -180,7 +180,7 @@ class Link:
                 if det.observe(latency):
                     res.events.append(SecurityEvent(
                         None, Outcome.INFO, f"Proxy latency {latency * 1e6:.0f} µs above mean + {det.k}sigma for "
-                        f"{det.n} reads in a row (mean {det.mean * 1e6:.0f} µs)", session=name, source=self.source,
+                        f"{det.run} reads in a row (mean {det.mean * 1e6:.0f} µs)", session=name, source=self.source,
                         kind="latency.anomaly"))
         if res.events:
             proxy.record(res.events, self)
