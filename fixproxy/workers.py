@@ -26,6 +26,7 @@ worker that dies is started again (and reported), SIGTERM/SIGINT stops them all.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -69,24 +70,14 @@ def listen_reuseport(host: str, port: int, workers: int) -> socket.socket:
         # After listen: the program belongs to the port's group (any member may attach it; the
         # last one attached wins, and every worker attaches the same one).
         prog = _steering_program(workers, family)
-        fprog = struct.pack("HP", len(prog) // 8, _address_of(prog))
+        buf = ctypes.create_string_buffer(prog, len(prog))  # alive until setsockopt has copied it
+        fprog = struct.pack("HP", len(prog) // 8, ctypes.addressof(buf))
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-_keep: list[Any] = []  # the filter buffers must outlive setsockopt (the kernel copies them, but be safe)
-
-
-def _address_of(data: bytes) -> int:
-    import ctypes
-
-    buf = ctypes.create_string_buffer(data, len(data))
-    _keep.append(buf)
-    return ctypes.addressof(buf)
 
 
 def worker_config(config: ProxyConfig, index: int) -> ProxyConfig:
