@@ -469,6 +469,17 @@ timestamp_ok(const char *p, Py_ssize_t n)
     return 1;
 }
 
+/* The truth of a Python check's result (steals it): 1, 0, or -1 with an exception set. */
+static int
+truth_of(PyObject *r)
+{
+    if (r == NULL)
+        return -1;
+    int ok = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return ok;
+}
+
 /* set_checks(timestamp_fullmatch, is_char, is_boolean) */
 static PyObject *
 set_checks(PyObject *self, PyObject *args)
@@ -541,11 +552,7 @@ plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 ok = n == 1 && (p[0] == 'Y' || p[0] == 'N');
                 break;
             }
-            PyObject *r = PyObject_CallOneArg(arg, val);
-            if (r == NULL)
-                return NULL;
-            ok = PyObject_IsTrue(r);
-            Py_DECREF(r);
+            ok = truth_of(PyObject_CallOneArg(arg, val));
             if (ok < 0)
                 return NULL;
             break;
@@ -563,15 +570,10 @@ plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         case C_COUNT:
             ok = PyBytes_CheckExact(arg) && PyBytes_GET_SIZE(arg) == n && memcmp(PyBytes_AS_STRING(arg), p, (size_t)n) == 0;
             break;
-        default: {
-            PyObject *r = PyObject_CallFunctionObjArgs(fallback, PyTuple_GET_ITEM(c, 1), arg, val, NULL);
-            if (r == NULL)
-                return NULL;
-            ok = PyObject_IsTrue(r);
-            Py_DECREF(r);
+        default:
+            ok = truth_of(PyObject_CallFunctionObjArgs(fallback, PyTuple_GET_ITEM(c, 1), arg, val, NULL));
             if (ok < 0)
                 return NULL;
-        }
         }
         if (!ok)
             Py_RETURN_FALSE;

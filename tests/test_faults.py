@@ -458,6 +458,21 @@ def _fill(path: Path) -> Path:
     return filler
 
 
+def _every_order_at_the_ats_audited(stack: Stack, audit_dir: Path, session: str) -> list[dict[str, Any]]:
+    """The trail verifies, and every order the ATS received has a `forwarded` audit record (never
+    an unaudited forward). Returns the trail's records."""
+    from fixproxy.audit import verify
+
+    result = verify(audit_dir)
+    assert result.ok, result.problem
+    records = _audit_records(audit_dir)
+    forwarded = {row[0] for r in records if r["kind"] == "messages" and r["session"] == session
+                 for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
+    at_ats = {int(m.get(34)) for m in stack.ats[0].messages("D", f"FIX.4.4:ATS->{session}")}  # type: ignore[union-attr]
+    assert at_ats <= forwarded, f"forwarded without an audit record: {sorted(at_ats - forwarded)}"
+    return records
+
+
 def test_disk_full_refuses_orders_then_recovers(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "fs") as fs:
         audit_dir = fs / "audit"
@@ -494,15 +509,7 @@ def test_disk_full_refuses_orders_then_recovers(tmp_path: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 (fs / "filler").unlink()
             stack.stop()
-        from fixproxy.audit import verify
-
-        result = verify(audit_dir)
-        assert result.ok, result.problem
-        records = _audit_records(audit_dir)
-        forwarded = {row[0] for r in records if r["kind"] == "messages" and r["session"] == "FLT5"
-                     for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
-        at_ats = {int(m.get(34)) for m in stack.ats[0].messages("D", "FIX.4.4:ATS->FLT5")}  # type: ignore[union-attr]
-        assert at_ats <= forwarded, f"forwarded without an audit record: {sorted(at_ats - forwarded)}"
+        _every_order_at_the_ats_audited(stack, audit_dir, "FLT5")
 
 
 def test_disk_full_with_write_ahead_forwards_nothing_unaudited(tmp_path: Path) -> None:
@@ -549,15 +556,7 @@ def test_disk_full_with_write_ahead_forwards_nothing_unaudited(tmp_path: Path) -
             with contextlib.suppress(FileNotFoundError):
                 (fs / "filler").unlink()
             stack.stop()
-        from fixproxy.audit import verify
-
-        result = verify(audit_dir)
-        assert result.ok, result.problem
-        records = _audit_records(audit_dir)
-        forwarded = {row[0] for r in records if r["kind"] == "messages" and r["session"] == "FLT6"
-                     for row in r["messages"] if row[1] == "D" and row[3] == "forwarded"}
-        at_ats = {int(m.get(34)) for m in stack.ats[0].messages("D", "FIX.4.4:ATS->FLT6")}  # type: ignore[union-attr]
-        assert at_ats <= forwarded, f"forwarded without an audit record: {sorted(at_ats - forwarded)}"
+        records = _every_order_at_the_ats_audited(stack, audit_dir, "FLT6")
         # The sessions closed for it are in the trail too (written once the disk was back), as is a
         # read that met the failure, if one did: recorded refused, never forwarded.
         closed_for_it = [r for r in records if r["kind"] == "policy.audit_unavailable"
