@@ -239,6 +239,10 @@ class Bench:
     # ---- optional parts of "everything on" ----------------------------------------------------
     def prepare_features(self) -> None:
         f = self.features
+        from fixproxy.codec import SPEEDUPS
+
+        # as the child fixproxy will load it: same interpreter, same FIXPROXY_PURE
+        f["c_accelerator"] = SPEEDUPS
         f["validation"] = "strict"
         f["rate_limit"] = "1,000,000 msg/s per session (on, never reached)"
         f["events_jsonl"] = True

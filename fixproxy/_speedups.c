@@ -436,6 +436,7 @@ uint_fits(const char *p, Py_ssize_t n, const char *m, Py_ssize_t mn)
 
 /* The dictionary's most frequent FUNC checks, recognised by identity (set_checks) and done here. */
 static PyObject *fn_timestamp = NULL, *fn_char = NULL, *fn_boolean = NULL;
+static PyObject *fn_fallback = NULL; /* dictionary._value_ok(code, arg, val): every other code */
 
 static int
 two_digits(const char *p, int lo, int hi)
@@ -480,34 +481,37 @@ truth_of(PyObject *r)
     return ok;
 }
 
-/* set_checks(timestamp_fullmatch, is_char, is_boolean) */
+/* set_checks(timestamp_fullmatch, is_char, is_boolean, fallback) */
 static PyObject *
 set_checks(PyObject *self, PyObject *args)
 {
-    PyObject *ts, *ch, *bo;
-    if (!PyArg_ParseTuple(args, "OOO", &ts, &ch, &bo))
+    PyObject *ts, *ch, *bo, *fb;
+    if (!PyArg_ParseTuple(args, "OOOO", &ts, &ch, &bo, &fb))
         return NULL;
-    Py_XDECREF(fn_timestamp);
-    Py_XDECREF(fn_char);
-    Py_XDECREF(fn_boolean);
     Py_INCREF(ts);
     Py_INCREF(ch);
     Py_INCREF(bo);
-    fn_timestamp = ts;
-    fn_char = ch;
-    fn_boolean = bo;
+    Py_INCREF(fb);
+    Py_XSETREF(fn_timestamp, ts);
+    Py_XSETREF(fn_char, ch);
+    Py_XSETREF(fn_boolean, bo);
+    Py_XSETREF(fn_fallback, fb);
     Py_RETURN_NONE;
 }
 
-/* plan_passes(checks, values, fallback) -> bool; fallback(code, arg, val) for other codes */
+/* plan_passes(checks, values) -> bool; set_checks' fallback(code, arg, val) for the other codes */
 static PyObject *
 plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyTuple_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "plan_passes(tuple, list, fallback)");
+    if (nargs != 2 || !PyTuple_CheckExact(args[0]) || !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "plan_passes(tuple, list)");
         return NULL;
     }
-    PyObject *checks = args[0], *values = args[1], *fallback = args[2];
+    if (fn_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "plan_passes(): set_checks() first");
+        return NULL;
+    }
+    PyObject *checks = args[0], *values = args[1], *fallback = fn_fallback;
     Py_ssize_t nv = PyList_GET_SIZE(values);
     Py_ssize_t nc = PyTuple_GET_SIZE(checks);
     for (Py_ssize_t k = 0; k < nc; k++) {
@@ -585,7 +589,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Message, careful_tags, single_tags)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "frame and split consecutive good messages"},
     {"plan_passes", (PyCFunction)(void (*)(void))plan_passes, METH_FASTCALL, "a dictionary plan's value checks"},
-    {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean)"},
+    {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean, fallback)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -668,7 +668,7 @@ def _load_speedups() -> ModuleType | None:
 
 _speedups = _load_speedups()
 _scan = _speedups.scan if _speedups is not None else None
-SPEEDUPS = _speedups is not None  # reported by `fixproxy --version` and the bench
+SPEEDUPS = _speedups is not None  # reported by the bench ("fixproxy features")
 
 
 def decode_one(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:

@@ -376,12 +376,10 @@ def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
 
 _py_plan_passes = _plan_passes
 if _speedups is not None:  # the same checks in C (fixproxy/_speedups.c); the Python above is the reference
-    _c_plan_passes = _speedups.plan_passes
-    # These FUNC checks are recognised by identity and done in C (same verdicts: tests/test_speedups.py).
-    _speedups.set_checks(_is_timestamp, _is_char, _is_boolean)
-
-    def _plan_passes(checks: tuple, values: list[bytes]) -> bool:
-        return _c_plan_passes(checks, values, _value_ok)
+    # These FUNC checks are recognised by identity and done in C; _value_ok decides the other codes
+    # (same verdicts: tests/test_speedups.py).
+    _speedups.set_checks(_is_timestamp, _is_char, _is_boolean, _value_ok)
+    _plan_passes = _speedups.plan_passes
 
 
 class DataDictionary:
@@ -521,9 +519,7 @@ class DataDictionary:
             spec = self._messages.get(msg_type)
             if spec is not None and self.max_plans > 0:
                 plan = spec.plans[mode == "lenient"].get(key)
-                if plan is not None and plan[0] == len(values) and (
-                        _c_plan_passes(plan[1], values, _value_ok) if _speedups is not None
-                        else _plan_passes(plan[1], values)):
+                if plan is not None and plan[0] == len(values) and _plan_passes(plan[1], values):
                     return None
         return self.validate(msg_type, list(zip(tags, values, strict=True)), mode=mode)
 
@@ -536,7 +532,6 @@ class DataDictionary:
             return lambda msg: None
         lenient = mode == "lenient"
         spec_of = self._messages.get
-        plan_passes = _c_plan_passes if _speedups is not None else None
 
         def check(msg: Message) -> Refusal | None:
             # validate_split's fast path, inlined (it runs for every message): the plan of this
@@ -547,9 +542,7 @@ class DataDictionary:
                 spec = spec_of(msg.msg_type)
                 if spec is not None:
                     plan = spec.plans[lenient].get(key)
-                    if plan is not None and plan[0] == len(values) and (
-                            plan_passes(plan[1], values, _value_ok) if plan_passes is not None
-                            else _plan_passes(plan[1], values)):
+                    if plan is not None and plan[0] == len(values) and _plan_passes(plan[1], values):
                         return None
             return validate_split(msg.msg_type, msg.tags, msg.values, msg.tag_key, mode=mode)
 

@@ -151,10 +151,10 @@ def test_plan_checks_agree(values: list[bytes], data: st.DataObject) -> None:
     }
     checks = tuple((i, code, args[code]) for i in range(len(values))
                    for code in [data.draw(st.sampled_from(sorted(args)))])
-    c = dictionary._c_plan_passes(checks, values, dictionary._value_ok)
+    c = dictionary._plan_passes(checks, values)
     assert c == dictionary._py_plan_passes(checks, values)
     for check in checks:  # each check on its own too: one failing check must not hide another
-        assert dictionary._c_plan_passes((check,), values, dictionary._value_ok) == \
+        assert dictionary._plan_passes((check,), values) == \
             dictionary._py_plan_passes((check,), values)
 
 
@@ -206,5 +206,5 @@ _TIMESTAMPS = st.one_of(
 def test_timestamp_char_and_boolean_checks_done_in_c_agree(val: bytes) -> None:
     for fn in (dictionary._is_timestamp, dictionary._is_char, dictionary._is_boolean):
         checks = ((0, dictionary._C_FUNC, fn),)
-        assert dictionary._c_plan_passes(checks, [val], dictionary._value_ok) == \
+        assert dictionary._plan_passes(checks, [val]) == \
             dictionary._py_plan_passes(checks, [val]), (fn, val)
