@@ -542,16 +542,12 @@ class AuditTrail:
         try:
             self._force_checkpoint = True  # seal everything written
             self.flush()
-            if self._sync is not None:
-                self._sync.shutdown(wait=True)  # the last HEAD.json written before we go
-                self._sync = None
-                self._sync_errors(wait=True)
+            self._stop_sync()  # the last HEAD.json written before we go
             if self.fsync != "never":
                 os.fsync(self._fd)
         finally:
-            if self._sync is not None:
-                self._sync.shutdown(wait=True)
-                self._sync = None
+            with contextlib.suppress(Exception):  # after a failure above: still wait for the thread
+                self._stop_sync()
             self._closed = True
             self._release()
 
@@ -705,6 +701,13 @@ class AuditTrail:
                 os.close(fd)
         if head is not None:
             self._write_head(head)
+
+    def _stop_sync(self) -> None:
+        """Wait for the sync thread's jobs and stop it; raise the first failure among them."""
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.shutdown(wait=True)
+            self._sync_errors(wait=True)
 
     def _sync_errors(self, wait: bool = False) -> None:
         """Raise the first failure of the sync thread's finished jobs (all of them with ``wait``)."""
