@@ -68,21 +68,7 @@ class LeakGuard:
         if msg_type == b"D":
             cl = get(b"11")
             if cl is not None:
-                # _claim, inlined: a NewOrderSingle is the most frequent message of all
-                key = (session, cl)
-                clordids = self._clordids
-                if key not in clordids:
-                    clordids[key] = now
-                    owners = self._clordid_sessions
-                    owner = owners.get(cl)
-                    if owner is None:
-                        owners[cl] = session
-                    elif isinstance(owner, set):
-                        owner.add(session)
-                    elif owner != session:
-                        owners[cl] = {owner, session}
-                    if len(clordids) > self.max_orders:
-                        self._forget(next(iter(clordids)))
+                self._claim(session, cl, now)
             return None
         if msg_type in _ORDER_ENTRY:
             oid = get(b"37")
