@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (str(ROOT / "bench"), str(ROOT)):  # loadgen (bench/loadgen/) and fixproxy, as run_bench.py does
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from loadgen import procs  # noqa: E402
 
 from fixproxy.demo import Stack  # noqa: E402
 from fixproxy.engines import free_port  # noqa: E402
@@ -193,26 +196,6 @@ class Trader:
                 "max_us": lat[-1] * 1e6 if lat else None}
 
 
-def _rss_mib(pid: int) -> float:
-    total = 0
-    for p in [pid, *_children(pid)]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return round(total / 1024, 1)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d))
-    return out
-
-
 def _kpis(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -279,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 if a.returncode != 0:
                     raise SystemExit(f"attacker {sc} failed: {err.decode()[-1000:]}")
                 done.append(json.loads(out.decode().strip().splitlines()[-1]))
-            res.update({"scenario": sc, "proxy_rss_mib": _rss_mib(proxy.pid), "kpis": _kpis(metrics_port),
+            res.update({"scenario": sc, "proxy_rss_mib": round(procs.tree_rss_kib(proxy.pid) / 1024, 1),
+                        "kpis": _kpis(metrics_port),
                         "attack": {"attempts": sum(d["attempts"] for d in done),
                                    "refused_or_closed": sum(d["refused_or_closed"] for d in done)}})
             results.append(res)

@@ -337,8 +337,7 @@ class Bench:
         info: dict[str, Any] = {}
         for target, child in m.middles.items():
             if target in PROXIES:
-                rss = sum(procs.rss_kib(p) for p in (child.pid, *procs.descendants(child.pid)))
-                d = info[target] = {"rss_mib_at_end": round(rss / 1024, 1),
+                d = info[target] = {"rss_mib_at_end": round(procs.tree_rss_kib(child.pid) / 1024, 1),
                                     "metrics_scrape": self.scrape_metrics(m.metrics_ports[target])}
                 audit_dir = m.workdir / target / "audit"
                 if audit_dir.is_dir():

@@ -63,6 +63,11 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and of its live descendants (fixproxy's workers), in KiB."""
+    return sum(rss_kib(p) for p in (pid, *descendants(pid)))
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` in KiB (0 if the process is gone)."""
     try:
