@@ -15,6 +15,7 @@ It runs its own asyncio loop in its own thread so tests and the demo can use it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 from .threadedserver import ThreadedServer
@@ -140,7 +141,8 @@ class TlsBridge(ThreadedServer):
             if dying:  # nothing may be awaited now: drop the sockets
                 for side in (writer, upstream):
                     if side is not None:
-                        side.transport.abort()
+                        with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                            side.transport.abort()
                 self._active -= 1
                 self._tasks.discard(task)
             else:
