@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml setup.py fixproxy/_speedups.c
 	touch $(STAMP)
 
 # Real peers the tests start: mosquitto (MQTT broker); promtool (Debian's prometheus package) checks
-# the alert rules and dashboard queries in deploy/. Installed from Debian when missing.
+# the alert rules and dashboard queries in deploy/; OpenSSL's headers (libssl-dev) for the C
+# accelerator's audit rows (the suite checks it is built). Installed from Debian when missing.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	[ -f /usr/include/openssl/sha.h ] || missing="$$missing libssl-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -37,7 +39,7 @@ $(SSLYZE_VENV)/.installed-stamp:
 	touch $@
 test: sslyze-venv
 
-test: $(STAMP) system-deps lint
+test: system-deps $(STAMP) lint
 	$(PY) -m pytest -q
 
 # End to end on the embedded default: dev CA, real QuickFIX ATS + OMS, fixproxy with mutual TLS.

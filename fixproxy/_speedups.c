@@ -14,6 +14,10 @@
  *                  8/9/10 in the body, a repeated header tag, a bad tag...) is returned unsplit, and
  *                  Message.check_syntax decides about it exactly as without this module.
  *   plan_passes()  dictionary.py's _plan_passes: a cached plan's value checks.
+ *   audit_rows()   audit.py's rows of a messages record and the digest of their bytes (only when
+ *                  built against OpenSSL's libcrypto: SHA-256 with the CPU's SHA extensions). The
+ *                  common row (forwarded, a plain MsgType, MsgSeqNum as digits) is rendered here;
+ *                  any other row by audit.py's own function, passed in.
  *
  * Differential tests (tests/test_speedups.py) run both implementations on the same inputs.
  */
@@ -585,11 +589,226 @@ plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+#ifdef FIXPROXY_HAVE_OPENSSL
+/* ---- audit_rows ------------------------------------------------------------------------------ */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
+
+static const char hex_digits[] = "0123456789abcdef";
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} outbuf;
+
+static int
+out_reserve(outbuf *b, Py_ssize_t more)
+{
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap * 2;
+    if (cap < b->len + more)
+        cap = b->len + more + 256;
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void
+put_hex(char *dst, const unsigned char *md)
+{
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        dst[2 * i] = hex_digits[md[i] >> 4];
+        dst[2 * i + 1] = hex_digits[md[i] & 15];
+    }
+}
+
+static Py_ssize_t
+put_decimal(char *dst, Py_ssize_t v)
+{
+    char tmp[24];
+    Py_ssize_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (Py_ssize_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* The row's MsgSeqNum as JSON, when this function renders it the way audit.py does: None -> null,
+ * digits -> their int (leading zeros dropped), other bytes -> null, a small int -> itself. 0: the
+ * row goes to Python (an int too large here, digits past 18, another type). */
+static Py_ssize_t
+seq_json(PyObject *seq, char *dst)
+{
+    if (seq == Py_None) {
+        memcpy(dst, "null", 4);
+        return 4;
+    }
+    if (PyBytes_CheckExact(seq)) {
+        const char *s = PyBytes_AS_STRING(seq);
+        Py_ssize_t n = PyBytes_GET_SIZE(seq);
+        if (n == 0)
+            goto null;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (s[i] < '0' || s[i] > '9')
+                goto null;
+        while (n > 1 && *s == '0') {
+            s++;
+            n--;
+        }
+        if (n <= 0 || n > 18)
+            return 0;
+        memcpy(dst, s, (size_t)n);
+        return n;
+    null:
+        memcpy(dst, "null", 4);
+        return 4;
+    }
+    if (PyLong_CheckExact(seq)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(seq, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        return (Py_ssize_t)snprintf(dst, 24, "%lld", v);
+    }
+    return 0;
+}
+
+/* audit_rows(items, row, whole) -> (rows_json, whole_hexdigest or None): items are audit.py's
+ * (msg_seq_num, msg_type, raw, outcome, reason) tuples; row(item) renders a row this function does
+ * not; whole: also the digest of all the messages' bytes, concatenated. */
+static PyObject *
+audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "audit_rows(items: list, row: callable, whole: bool)");
+        return NULL;
+    }
+    PyObject *items = args[0], *row = args[1];
+    int want_whole = PyObject_IsTrue(args[2]);
+    if (want_whole < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    SHA256_CTX whole;
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    outbuf b = {NULL, 0, 0};
+    PyObject *result = NULL;
+    if (out_reserve(&b, 2 + n * 112) < 0)
+        return NULL;
+    SHA256_Init(&whole);
+    b.p[b.len++] = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
+            PyErr_SetString(PyExc_TypeError, "audit item: a 5-tuple expected");
+            goto done;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 2), &view, PyBUF_SIMPLE) < 0)
+            goto done;
+        if (want_whole)
+            SHA256_Update(&whole, view.buf, (size_t)view.len);
+        if (i > 0) {
+            if (out_reserve(&b, 1) < 0) {
+                PyBuffer_Release(&view);
+                goto done;
+            }
+            b.p[b.len++] = ',';
+        }
+        PyObject *mt = PyTuple_GET_ITEM(item, 1), *outcome = PyTuple_GET_ITEM(item, 3);
+        int common = PyTuple_GET_ITEM(item, 4) == Py_None && PyUnicode_CheckExact(outcome)
+                     && PyUnicode_CompareWithASCIIString(outcome, "forwarded") == 0 && PyBytes_CheckExact(mt)
+                     && PyBytes_GET_SIZE(mt) <= 16;
+        if (common) {
+            const unsigned char *m = (const unsigned char *)PyBytes_AS_STRING(mt);
+            for (Py_ssize_t j = 0; j < PyBytes_GET_SIZE(mt); j++)
+                if (m[j] < 0x20 || m[j] > 0x7e || m[j] == '"' || m[j] == '\\') {
+                    common = 0;
+                    break;
+                }
+        }
+        char num[24];
+        Py_ssize_t num_len = common ? seq_json(PyTuple_GET_ITEM(item, 0), num) : 0;
+        if (num_len > 0) {
+            /* [num,"mt",len,"forwarded",null,"hex"] */
+            if (out_reserve(&b, num_len + PyBytes_GET_SIZE(mt) + 24 + 20 + 2 * SHA256_DIGEST_LENGTH + 8) < 0) {
+                PyBuffer_Release(&view);
+                goto done;
+            }
+            char *o = b.p + b.len;
+            *o++ = '[';
+            memcpy(o, num, (size_t)num_len);
+            o += num_len;
+            *o++ = ',';
+            *o++ = '"';
+            memcpy(o, PyBytes_AS_STRING(mt), (size_t)PyBytes_GET_SIZE(mt));
+            o += PyBytes_GET_SIZE(mt);
+            *o++ = '"';
+            *o++ = ',';
+            o += put_decimal(o, view.len);
+            memcpy(o, ",\"forwarded\",null,\"", 19);
+            o += 19;
+            SHA256(view.buf, (size_t)view.len, md);
+            put_hex(o, md);
+            o += 2 * SHA256_DIGEST_LENGTH;
+            *o++ = '"';
+            *o++ = ']';
+            b.len = o - b.p;
+            PyBuffer_Release(&view);
+        }
+        else {
+            PyBuffer_Release(&view);
+            PyObject *text = PyObject_CallOneArg(row, item);
+            if (text == NULL)
+                goto done;
+            Py_ssize_t tlen;
+            const char *t = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &tlen) : NULL;
+            if (t == NULL || out_reserve(&b, tlen) < 0) {
+                if (t == NULL && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "audit row: str expected");
+                Py_DECREF(text);
+                goto done;
+            }
+            memcpy(b.p + b.len, t, (size_t)tlen);
+            b.len += tlen;
+            Py_DECREF(text);
+        }
+    }
+    if (out_reserve(&b, 1) < 0)
+        goto done;
+    b.p[b.len++] = ']';
+    if (want_whole) {
+        SHA256_Final(md, &whole);
+        char whole_hex[2 * SHA256_DIGEST_LENGTH];
+        put_hex(whole_hex, md);
+        result = Py_BuildValue("(s#s#)", b.p, b.len, whole_hex, (Py_ssize_t)sizeof(whole_hex));
+    }
+    else
+        result = Py_BuildValue("(s#O)", b.p, b.len, Py_None);
+done:
+    PyMem_Free(b.p);
+    return result;
+}
+#endif
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Message, careful_tags, single_tags)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "frame and split consecutive good messages"},
     {"plan_passes", (PyCFunction)(void (*)(void))plan_passes, METH_FASTCALL, "a dictionary plan's value checks"},
     {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean, fallback)"},
+#ifdef FIXPROXY_HAVE_OPENSSL
+    {"audit_rows", (PyCFunction)(void (*)(void))audit_rows, METH_FASTCALL, "audit_rows(items, row, whole) -> (rows, sha256 or None)"},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

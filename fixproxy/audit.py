@@ -40,15 +40,18 @@ be detected against the off-box copy of the latest checkpoint.
 
 A ``messages`` record (one socket read, or ``reads`` consecutive reads of one session and direction
 between two flushes) carries ``session``, ``direction``, ``received_at`` (of its first read),
-``count``, ``sha256`` (over the message bytes, concatenated) and ``messages``: one array per
-message, ``[msg_seq_num, msg_type, length, outcome, reason, sha256]`` (:data:`MESSAGE_COLUMNS`;
-arrays rather than objects halve the cost of writing them). With ``store_messages`` it also carries
-the bytes: ``data`` (base64) or, encrypted, ``enc``; ``length`` splits them into messages.
+``count`` and ``messages``: one array per message, ``[msg_seq_num, msg_type, length, outcome,
+reason, sha256]`` (:data:`MESSAGE_COLUMNS`; arrays rather than objects halve the cost of writing
+them). With ``store_messages`` it also carries the bytes: ``data`` (base64) or, encrypted, ``enc``;
+``length`` splits them into messages, and ``sha256`` (over the bytes, concatenated) checks them.
+(Records written before 2026-11-23 carry ``sha256`` without the bytes too: one more digest over
+the same bytes as the rows', dropped as it cost a second SHA-256 per message and proved nothing more.)
 
 The FIX path
 ------------
 :meth:`AuditTrail.append_messages` is called once per socket read and only appends a tuple to a
-list: the hashing (one SHA-256 per message and one over the whole read), JSON, encryption and I/O
+list: the hashing (one SHA-256 per message; with stored bytes, one over them all), JSON, encryption
+and I/O
 happen in :meth:`AuditTrail.flush`, off the FIX path. The trail is not thread-safe: call all its
 methods from one thread (the event loop). ``flush`` does blocking I/O (and ``fsync`` per policy).
 
@@ -86,6 +89,8 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .codec import _speedups
 
 log = logging.getLogger("fixproxy.audit")
 
@@ -273,6 +278,37 @@ def _json_text(value: str) -> str:
         if len(_str_json) < 256:
             _str_json[value] = text
     return text
+
+
+# The C rendering of _rows (fixproxy/_speedups.c, when built against OpenSSL), else None.
+_audit_rows = getattr(_speedups, "audit_rows", None)
+
+
+def _row(item: Item) -> str:
+    """One row of a messages record as JSON text (what json would write, ~40 % cheaper per
+    message): [msg_seq_num, msg_type, length, outcome, reason, sha256]."""
+    msg_seq_num, msg_type, raw, outcome, reason = item
+    mt = _mt_json.get(msg_type)
+    if mt is None:
+        mt = _render_msg_type(msg_type)
+    # msg_seq_num: an int, or the digits as received (bytes; anything else is no number)
+    if msg_seq_num is None or (type(msg_seq_num) is bytes and not msg_seq_num.isdigit()):
+        num: Any = "null"
+    else:
+        num = int(msg_seq_num)
+    return (f'[{num},{mt},{len(raw)},{_json_text(outcome)},'
+            f'{"null" if reason is None else _json_text(reason)},"{hashlib.sha256(raw).hexdigest()}"]')
+
+
+def _rows(items: list[Item], whole: bool) -> tuple[str, str | None]:
+    """The rows of a messages record as one JSON array, and with ``whole`` the SHA-256 of their
+    messages' bytes, concatenated (_speedups.audit_rows does the same in C)."""
+    digest = hashlib.sha256() if whole else None
+    rows = [_row(item) for item in items]
+    if digest is not None:
+        for item in items:
+            digest.update(item[2])
+    return "[" + ",".join(rows) + "]", None if digest is None else digest.hexdigest()
 
 
 def _seal(rec: dict[str, Any], rows: str | None = None) -> tuple[bytes, str]:
@@ -570,35 +606,19 @@ class AuditTrail:
                 rec = {"seq": seq, "time": t, "kind": kind, "unserialisable": f"{exc}: {fields!r}"[:4096]}
             return rec, None
         seq, t, session, direction, received_at, items, (reads,) = entry
-        sha256 = hashlib.sha256
-        whole = sha256()
-        update = whole.update
-        # The rows are rendered here as JSON text (what json would write, ~40 % cheaper per
-        # message): [msg_seq_num, msg_type, length, outcome, reason, sha256].
-        rows = []
-        append = rows.append
-        mt_json = _mt_json
-        for msg_seq_num, msg_type, raw, outcome, reason in items:
-            update(raw)
-            mt = mt_json.get(msg_type)
-            if mt is None:
-                mt = _render_msg_type(msg_type)
-            # msg_seq_num: an int, or the digits as received (bytes; anything else is no number)
-            if msg_seq_num is None or (type(msg_seq_num) is bytes and not msg_seq_num.isdigit()):
-                num = "null"
-            else:
-                num = int(msg_seq_num)
-            if outcome == "forwarded" and reason is None:  # the common row
-                append(f'[{num},{mt},{len(raw)},"forwarded",null,"{sha256(raw).hexdigest()}"]')
-            else:
-                append(f'[{num},{mt},{len(raw)},{_json_text(outcome)},'
-                       f'{"null" if reason is None else _json_text(reason)},"{sha256(raw).hexdigest()}"]')
+        # The digest of the bytes, concatenated, only when they are stored (it checks them when
+        # they are read back); each row has its message's own digest either way.
+        store = self.store_messages
+        if _audit_rows is not None:  # the C accelerator (fixproxy/_speedups.c), same text
+            rows_json, whole_hex = _audit_rows(items, _row, store)
+        else:
+            rows_json, whole_hex = _rows(items, store)
         rec = {"seq": seq, "time": t, "kind": MESSAGES, "session": session, "direction": direction,
-               "received_at": received_at, "count": len(rows), "sha256": whole.hexdigest(),
-               "messages": _ROWS_PLACEHOLDER}
+               "received_at": received_at, "count": len(items), "messages": _ROWS_PLACEHOLDER}
         if reads > 1:
             rec["reads"] = reads
-        if self.store_messages:
+        if store:
+            rec["sha256"] = whole_hex
             data = b"".join(bytes(item[2]) for item in items)
             if self._aead is not None:
                 nonce = os.urandom(12)
@@ -606,7 +626,7 @@ class AuditTrail:
                 rec["enc"] = {"alg": "AES-256-GCM", "nonce": _b64(nonce), "ct": _b64(ct)}
             else:
                 rec["data"] = _b64(data)
-        return rec, "[" + ",".join(rows) + "]"
+        return rec, rows_json
 
     def _write_batch(self, batch: list[tuple[Any, ...]]) -> None:
         """Write the batch, rotating files as they fill. The chain state advances with each chunk

@@ -7,6 +7,9 @@ message must get the same `check_syntax` verdict, fields, index and dictionary v
 
 from __future__ import annotations
 
+import hashlib
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -208,3 +211,43 @@ def test_timestamp_char_and_boolean_checks_done_in_c_agree(val: bytes) -> None:
         checks = ((0, dictionary._C_FUNC, fn),)
         assert dictionary._plan_passes(checks, [val]) == \
             dictionary._py_plan_passes(checks, [val]), (fn, val)
+
+
+# ---- audit rows -------------------------------------------------------------------------------
+
+_SEQS = st.one_of(st.none(), st.integers(min_value=-(2**70), max_value=2**70), st.booleans(),
+                  st.binary(max_size=24), st.from_regex(rb"\A0{0,3}[0-9]{1,22}\Z"))
+_MSG_TYPES = st.one_of(st.sampled_from([b"D", b"8", b"AE", b"0", b'"', b"\\", b"A\x01", b"\xe9", b""]),
+                       st.binary(max_size=20), st.text(max_size=3))
+_RAWS = st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(memoryview))
+_OUTCOMES = st.sampled_from(["forwarded", "refused", "dropped", "forwarded\u00e9"])
+_REASONS = st.one_of(st.none(), st.sampled_from(["checksum_mismatch", 'quo"te', "\u2603"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_SEQS, _MSG_TYPES, _RAWS, _OUTCOMES, _REASONS), max_size=12))
+def test_audit_rows_same_text_as_python(items: list[tuple]) -> None:
+    """The audit trail's rows and digest from C are the text audit.py renders, byte for byte."""
+    from fixproxy import audit
+
+    assert audit._audit_rows is not None  # built against OpenSSL here, so the suite exercises it
+    for whole in (True, False):
+        assert audit._audit_rows(items, audit._row, whole) == audit._rows(items, whole)
+
+
+def test_audit_rows_errors_are_raised_not_swallowed() -> None:
+    from fixproxy import audit
+
+    with pytest.raises(TypeError):
+        audit._audit_rows([(1, b"D", b"x", "forwarded")], audit._row, True)  # a 4-tuple
+    with pytest.raises(TypeError):
+        audit._audit_rows([(1, b"D", "not bytes", "forwarded", None)], audit._row, True)
+
+    def boom(item: tuple) -> str:
+        raise RuntimeError("row failed")
+
+    with pytest.raises(RuntimeError, match="row failed"):
+        audit._audit_rows([(1, b"D", b"x", "refused", "r")], boom, False)
+    # the common row never calls the Python function
+    rows, whole = audit._audit_rows([(b"007", b"D", b"x", "forwarded", None)], boom, True)
+    assert rows.startswith('[[7,"D",1,"forwarded",null,"') and whole == hashlib.sha256(b"x").hexdigest()
