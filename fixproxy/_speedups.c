@@ -198,7 +198,7 @@ split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields,
     if (p != e)
         goto done;
     {
-        PyObject *tags = PyList_New(nfields), *values = PyList_New(nfields), *index = PyDict_New();
+        PyObject *tags = PyList_New(nfields), *values = PyList_New(nfields), *index = _PyDict_NewPresized(nfields);
         PyObject *key = PyBytes_FromStringAndSize(NULL, keylen - 1);
         if (tags == NULL || values == NULL || index == NULL || key == NULL)
             goto fail;

@@ -40,15 +40,17 @@ class LeakGuard:
         self.max_age = max_age
         self.window = window
         self._clock = clock
-        # (session, ClOrdID) -> time the order was sent, for round trips and ownership; negated once
-        # its first reply has been seen (the round trip is recorded once, the age is kept for expiry)
-        # Insertion order is age order. OrderedDicts, not dicts: removing a plain dict's oldest entry
-        # with next(iter(d)) scans the holes earlier removals left, 32 µs per order at 100k orders
-        # (measured) -- a guard at its bound would have slowed every new order to a crawl.
-        self._clordids: OrderedDict[tuple[str, bytes], float] = OrderedDict()
-        # ClOrdID -> the session using it, or the set of sessions when several use the same value
-        # (ClOrdIDs are unique per session only): a string in the common case, no set per order.
-        self._clordid_sessions: dict[bytes, str | set[str]] = {}
+        # ClOrdID -> (session, time the order was sent) when one session uses it (the common case),
+        # or {session: time} when several do (ClOrdIDs are unique per session only). The time is
+        # negated once the order's first reply has been seen (the round trip is recorded once; the
+        # age is kept for expiry). One plain dict: one lookup and one insert per NewOrderSingle.
+        self._clordids: dict[bytes, tuple[str, float] | dict[str, float]] = {}
+        # The ClOrdIDs in claim order (age order), one entry per claim: the oldest is forgotten
+        # first, in O(1). (An OrderedDict did the same with a tuple key per order and a second dict
+        # for the owners: twice the inserts. A plain dict's own order would not do: removing its
+        # oldest entry with next(iter(d)) scans the holes earlier removals left, 32 µs per order at
+        # 100k orders, measured.)
+        self._claims: deque[bytes] = deque()
         self._orderids: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
         self._recent: deque[tuple[float, str]] = deque()  # (time, kind) for the leakage index
         # NewOrderSingle -> first ExecutionReport: counts per LATENCY_BUCKETS bucket, then +Inf, then
@@ -83,7 +85,7 @@ class LeakGuard:
                 ref = get(tag)
                 if ref is None:
                     continue
-                if (session, ref) in self._clordids:
+                if self._owns(session, ref):
                     continue
                 if self._used_by_other(ref, session):
                     return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", int(tag))
@@ -102,18 +104,27 @@ class LeakGuard:
             owner = self._orderids.get(oid)
             if owner is not None and owner[0] != session:
                 return self._block(f"Order {oid.decode('latin-1')} of another session")
+        owned = False
         if cl is not None:
-            sent = self._clordids.get((session, cl))
+            entry = self._clordids.get(cl)
+            if type(entry) is tuple:
+                sent = entry[1] if entry[0] == session else None
+            else:
+                sent = None if entry is None else entry.get(session)
             if sent is None:
-                if self._used_by_other(cl, session):
+                if entry is not None:  # another session's ClOrdID, not this one's
                     return self._block(f"ClOrdID {cl.decode('latin-1')} of another session")
-            elif sent > 0.0:
-                rt = now - sent  # first reply: NewOrderSingle -> ExecutionReport
-                self.round_trips[bisect_left(LATENCY_BUCKETS, rt)] += 1
-                self.round_trips[-1] += rt
-                self._clordids[(session, cl)] = -sent
-        if oid is not None and oid != b"NONE" and oid not in self._orderids and cl is not None \
-                and (session, cl) in self._clordids:
+            else:
+                owned = True
+                if sent > 0.0:
+                    rt = now - sent  # first reply: NewOrderSingle -> ExecutionReport
+                    self.round_trips[bisect_left(LATENCY_BUCKETS, rt)] += 1
+                    self.round_trips[-1] += rt
+                    if type(entry) is tuple:
+                        self._clordids[cl] = (session, -sent)
+                    else:
+                        entry[session] = -sent  # type: ignore[index]
+        if owned and oid is not None and oid != b"NONE" and oid not in self._orderids:
             self._orderids[oid] = (session, now)
             if len(self._orderids) > self.max_orders:
                 self._orderids.popitem(last=False)
@@ -141,50 +152,64 @@ class LeakGuard:
             if t >= limit:
                 break
             self._orderids.popitem(last=False)
-        while self._clordids:
-            key, t = next(iter(self._clordids.items()))
+        claims = self._claims
+        while claims:
+            entry = self._clordids[claims[0]]
+            t = entry[1] if type(entry) is tuple else min(abs(v) for v in entry.values())  # type: ignore[union-attr]
             if abs(t) >= limit:
                 break
-            self._forget(key)
+            self._forget_oldest()
+
+    @property
+    def orders(self) -> int:
+        """(session, ClOrdID) pairs held."""
+        return len(self._claims)
 
     # ---- internals ----------------------------------------------------------------------------
     def _claim(self, session: str, cl: bytes, now: float) -> None:
-        key = (session, cl)
-        if key in self._clordids:
+        clordids = self._clordids
+        entry = clordids.get(cl)
+        if entry is None:
+            clordids[cl] = (session, now)
+        elif type(entry) is tuple:
+            if entry[0] == session:
+                return
+            clordids[cl] = {entry[0]: entry[1], session: now}
+        elif session in entry:
             return
-        self._clordids[key] = now
-        owner = self._clordid_sessions.get(cl)
-        if owner is None:
-            self._clordid_sessions[cl] = session
-        elif isinstance(owner, set):
-            owner.add(session)
-        elif owner != session:
-            self._clordid_sessions[cl] = {owner, session}
-        if len(self._clordids) > self.max_orders:
-            self._forget(next(iter(self._clordids)))
+        else:
+            entry[session] = now  # type: ignore[index]
+        claims = self._claims
+        claims.append(cl)
+        if len(claims) > self.max_orders:
+            self._forget_oldest()
+
+    def _owns(self, session: str, cl: bytes) -> bool:
+        entry = self._clordids.get(cl)
+        if type(entry) is tuple:
+            return entry[0] == session
+        return entry is not None and session in entry
 
     def _used_by_other(self, cl: bytes, session: str) -> bool:
         """Some other session uses ClOrdID `cl`, and `session` does not."""
-        owner = self._clordid_sessions.get(cl)
-        if owner is None:
-            return False
-        if isinstance(owner, set):
-            return session not in owner
-        return owner != session
+        entry = self._clordids.get(cl)
+        if type(entry) is tuple:
+            return entry[0] != session
+        return entry is not None and session not in entry
 
-    def _forget(self, key: tuple[str, bytes]) -> None:
-        self._clordids.pop(key, None)
-        owner = self._clordid_sessions.get(key[1])
-        if owner is None:
+    def _forget_oldest(self) -> None:
+        """Forget the oldest claim: the first in _claims (the ClOrdID's oldest session, when several
+        sessions use it: claims are appended in time order)."""
+        cl = self._claims.popleft()
+        entry = self._clordids[cl]
+        if type(entry) is tuple:
+            del self._clordids[cl]
             return
-        if isinstance(owner, set):
-            owner.discard(key[0])
-            if len(owner) == 1:
-                self._clordid_sessions[key[1]] = next(iter(owner))
-            elif not owner:
-                del self._clordid_sessions[key[1]]
-        elif owner == key[0]:
-            del self._clordid_sessions[key[1]]
+        oldest = min(entry, key=lambda s: abs(entry[s]))  # type: ignore[index]
+        del entry[oldest]  # type: ignore[attr-defined]
+        if len(entry) == 1:
+            ((session, t),) = entry.items()  # type: ignore[union-attr]
+            self._clordids[cl] = (session, t)
 
     def _spoofing(self, get: Get, allowed: frozenset[bytes] | None) -> Refusal | None:
         for tag in (b"115", b"128"):

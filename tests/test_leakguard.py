@@ -192,7 +192,30 @@ def test_memory_bounded_by_max_orders() -> None:
     assert g.cancel(B, "B-2", "B-ORIG", order_id="O1") is None
     assert reason(g.cancel(B, "B-3", "C4")) is Reason.LEAK_CROSS_SESSION_REF
     assert reason(g.cancel(B, "B-4", "B-ORIG", order_id="O4")) is Reason.LEAK_CROSS_SESSION_REF
-    assert len(g.guard._clordids) <= 3 and len(g.guard._orderids) <= 3
+    assert g.guard.orders == 3 and len(g.guard._clordids) <= 3 and len(g.guard._orderids) <= 3
+
+
+def test_a_clordid_two_sessions_use_is_forgotten_one_claim_at_a_time() -> None:
+    """ClOrdIDs are unique per session only: A and B may both use X. At the bound, the oldest claim
+    goes first -- A's use of X -- and B's stays, with everything it implies."""
+    g = Guarded(max_orders=3)
+    assert g.order(A, "X") is None
+    g.clock.advance(1)
+    assert g.order(B, "X") is None
+    assert g.order(A, "Y") is None
+    assert g.guard.orders == 3
+    assert g.report(A, "X", "OX", msg_type=b"9") is None  # both own X: A's reply is A's
+    g.clock.advance(1)
+    assert g.order(A, "Z") is None  # a fourth claim: A's X, the oldest, is forgotten
+    assert g.guard.orders == 3
+    assert reason(g.cancel(A, "A-2", "X")) is Reason.LEAK_CROSS_SESSION_REF  # X is B's alone now
+    assert g.report(B, "X", "OX3") is None
+    assert reason(g.report(A, "X", "OX2")) is Reason.LEAK_BLOCKED_DELIVERY
+    count, total = g.round_trips()
+    assert count == 2 and abs(total - 2.0) < 1e-9  # A's X and B's X, each answered after 1 s
+    g.clock.advance(100_000)
+    g.guard.expire()
+    assert g.guard.orders == 0 and not g.guard._clordids
 
 
 def test_expire_forgets_orders_older_than_max_age() -> None:
@@ -213,7 +236,7 @@ def test_expire_forgets_orders_older_than_max_age() -> None:
     g.clock.advance(60)
     g.guard.expire()
     assert g.cancel(B, "B-6", "NEW") is None
-    assert not g.guard._orderids and all(session == B for session, _ in g.guard._clordids)  # only B's cancels
+    assert not g.guard._orderids and all(e[0] == B for e in g.guard._clordids.values())  # only B's cancels
 
 
 def test_expire_with_the_clock_the_inspector_uses() -> None:
