@@ -7,13 +7,17 @@
  *
  *   scan()         frames consecutive well-formed messages (the same checks as Decoder.feed, in
  *                  the same order) and, for a message whose fields pass the fast syntax check,
- *                  splits them once: tags, values, the tag key and the tag -> value index. It stops
- *                  at the first byte it is not sure about and returns that position: the Python
- *                  decoder then handles it (need more bytes, or a framing error with its reason).
+ *                  splits them once: tags, values and the tag key (the tag -> value index is
+ *                  built in Python when something asks for it). It stops at the first byte it
+ *                  is not sure about and returns that position: the Python decoder then
+ *                  handles it (need more bytes, or a framing error with its reason).
  *                  A message that frames fine but whose fields need the careful path (a data field,
  *                  8/9/10 in the body, a repeated header tag, a bad tag...) is returned unsplit, and
  *                  Message.check_syntax decides about it exactly as without this module.
  *   plan_passes()  dictionary.py's _plan_passes: a cached plan's value checks.
+ *   session_fast() session.py's header checks (CompIDs, MsgSeqNum, PossDup, MsgType allowed,
+ *                  SendingTime) when they pass with nothing else to do; any other case goes to
+ *                  the inspector's Python path.
  *   audit_rows()   audit.py's rows of a messages record and the digest of their bytes (only when
  *                  built against OpenSSL's libcrypto: SHA-256 with the CPU's SHA extensions). The
  *                  common row (forwarded, a plain MsgType, MsgSeqNum as digits) is rendered here;
@@ -138,7 +142,8 @@ configure(PyObject *self, PyObject *args)
 }
 
 /* Split the body [b, e) (from "35=" to the SOH before "10=", inclusive). On success sets tags,
- * values, key and index on msg and returns 1; returns 0 when the careful path must decide (nothing
+ * values and key on msg (the tag -> value index is built when asked for: the session's common path
+ * reads its fields with session_fast) and returns 1; returns 0 when the careful path must decide (nothing
  * set), -1 on a Python error. */
 static int
 split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields, Py_ssize_t max_tag_digits)
@@ -198,9 +203,9 @@ split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields,
     if (p != e)
         goto done;
     {
-        PyObject *tags = PyList_New(nfields), *values = PyList_New(nfields), *index = _PyDict_NewPresized(nfields);
+        PyObject *tags = PyList_New(nfields), *values = PyList_New(nfields);
         PyObject *key = PyBytes_FromStringAndSize(NULL, keylen - 1);
-        if (tags == NULL || values == NULL || index == NULL || key == NULL)
+        if (tags == NULL || values == NULL || key == NULL)
             goto fail;
         char *k = PyBytes_AS_STRING(key);
         for (Py_ssize_t i = 0; i < nfields; i++) {
@@ -212,8 +217,6 @@ split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields,
             if (v == NULL)
                 goto fail;
             PyList_SET_ITEM(values, i, v);
-            if (PyDict_SetItem(index, t, v) < 0)
-                goto fail;
             if (i)
                 *k++ = '=';
             memcpy(k, f[i].ts, (size_t)f[i].tl);
@@ -221,14 +224,12 @@ split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields,
         }
         set_slot(msg, S_TAGS, tags);
         set_slot(msg, S_VALUES, values);
-        set_slot(msg, S_INDEX, index);
         set_slot(msg, S_KEY, key);
         result = 1;
         goto done;
     fail:
         Py_XDECREF(tags);
         Py_XDECREF(values);
-        Py_XDECREF(index);
         Py_XDECREF(key);
         result = -1;
     }
@@ -589,12 +590,167 @@ plan_passes(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* ---- session_fast ------------------------------------------------------------------------------ */
+/* The fields session_fast reads. */
+enum { F_49, F_56, F_34, F_43, F_52, F_11, F_37, F_41, F_115, F_128, N_FAST };
+
+static inline int
+fast_field(PyObject *tag)
+{
+    const char *s = PyBytes_AS_STRING(tag);
+    Py_ssize_t n = PyBytes_GET_SIZE(tag);
+    if (n < 2 || n > 3)
+        return -1;
+    int t = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        t = t * 10 + (s[i] - '0');
+    }
+    switch (t) {
+    case 49: return F_49;
+    case 56: return F_56;
+    case 34: return F_34;
+    case 43: return F_43;
+    case 52: return F_52;
+    case 11: return F_11;
+    case 37: return F_37;
+    case 41: return F_41;
+    case 115: return F_115;
+    case 128: return F_128;
+    default: return -1;
+    }
+}
+
+/* Python's bytes comparison: <0, 0, >0 */
+static inline int
+bytes_cmp(const char *a, Py_ssize_t an, const char *b, Py_ssize_t bn)
+{
+    int c = memcmp(a, b, (size_t)(an < bn ? an : bn));
+    if (c != 0)
+        return c;
+    return an < bn ? -1 : an > bn;
+}
+
+static inline int
+bytes_eq(PyObject *a, PyObject *b)
+{
+    return PyBytes_GET_SIZE(a) == PyBytes_GET_SIZE(b)
+           && memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(a)) == 0;
+}
+
+/* session_fast(msg, sender, target, next_seq, allowed, window)
+ *   -> (seq, ClOrdID, OrderID, OrigClOrdID), each value None when absent, or None.
+ *
+ * session.py's header checks for a message the C scanner split, when they all pass with nothing
+ * to do but move on: SenderCompID/TargetCompID equal sender/target, MsgSeqNum digits >= next_seq,
+ * no PossDupFlag=Y, MsgType not Logon/SequenceReset/Logout and in `allowed` (a frozenset, or None:
+ * any), no OnBehalfOfCompID/DeliverToCompID (the leak guard's spoofing check), and SendingTime's
+ * first 17 bytes within window = (lo, hi) (or None: no check). Anything else: None, and the
+ * inspector's Python path decides, as without this module. A tag that repeats: its last value, as
+ * Message.index() has it. */
+static PyObject *
+session_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "session_fast() takes 6 arguments");
+        return NULL;
+    }
+    PyObject *msg = args[0], *sender = args[1], *target = args[2], *next = args[3], *allowed = args[4],
+             *window = args[5];
+    if (message_type == NULL || Py_TYPE(msg) != message_type || !PyBytes_Check(sender) || !PyBytes_Check(target)) {
+        PyErr_SetString(PyExc_TypeError, "session_fast(Message, bytes, bytes, int, frozenset | None, tuple | None)");
+        return NULL;
+    }
+    PyObject *tags = *(PyObject **)((char *)msg + slot_offset[S_TAGS]);
+    PyObject *values = *(PyObject **)((char *)msg + slot_offset[S_VALUES]);
+    PyObject *mt = *(PyObject **)((char *)msg + slot_offset[S_MT]);
+    if (tags == NULL || values == NULL || mt == NULL || !PyList_CheckExact(tags) || !PyList_CheckExact(values)
+        || !PyBytes_CheckExact(mt) || PyList_GET_SIZE(tags) != PyList_GET_SIZE(values))
+        Py_RETURN_NONE;
+    if (PyBytes_GET_SIZE(mt) == 1) {
+        char c = PyBytes_AS_STRING(mt)[0];
+        if (c == 'A' || c == '4' || c == '5')
+            Py_RETURN_NONE;
+    }
+    if (allowed != Py_None) {
+        int r = PySet_Contains(allowed, mt);
+        if (r < 0)
+            return NULL;
+        if (!r)
+            Py_RETURN_NONE;
+    }
+    PyObject *f[N_FAST] = {NULL};
+    for (Py_ssize_t i = PyList_GET_SIZE(tags) - 1; i >= 0; i--) {
+        PyObject *t = PyList_GET_ITEM(tags, i), *v = PyList_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(t) || !PyBytes_CheckExact(v))
+            Py_RETURN_NONE;
+        int k = fast_field(t);
+        if (k >= 0 && f[k] == NULL)
+            f[k] = v;
+    }
+    if (f[F_115] != NULL || f[F_128] != NULL || f[F_49] == NULL || f[F_56] == NULL || f[F_34] == NULL)
+        Py_RETURN_NONE;
+    if (!bytes_eq(f[F_49], sender) || !bytes_eq(f[F_56], target))
+        Py_RETURN_NONE;
+    if (f[F_43] != NULL && PyBytes_GET_SIZE(f[F_43]) == 1 && PyBytes_AS_STRING(f[F_43])[0] == 'Y')
+        Py_RETURN_NONE;
+    const char *d = PyBytes_AS_STRING(f[F_34]);
+    Py_ssize_t dn = PyBytes_GET_SIZE(f[F_34]);
+    if (dn < 1 || dn > 18)
+        Py_RETURN_NONE;
+    long long seq = 0;
+    for (Py_ssize_t i = 0; i < dn; i++) {
+        if (d[i] < '0' || d[i] > '9')
+            Py_RETURN_NONE;
+        seq = seq * 10 + (d[i] - '0');
+    }
+    int overflow = 0;
+    long long nx = PyLong_AsLongLongAndOverflow(next, &overflow);
+    if (nx == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow || seq < nx)
+        Py_RETURN_NONE;
+    if (window != Py_None) {
+        if (!PyTuple_CheckExact(window) || PyTuple_GET_SIZE(window) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(window, 0))
+            || !PyBytes_Check(PyTuple_GET_ITEM(window, 1))) {
+            PyErr_SetString(PyExc_TypeError, "session_fast: window must be (bytes, bytes) or None");
+            return NULL;
+        }
+        PyObject *lo = PyTuple_GET_ITEM(window, 0), *hi = PyTuple_GET_ITEM(window, 1), *st = f[F_52];
+        if (st == NULL)
+            Py_RETURN_NONE;
+        Py_ssize_t sn = PyBytes_GET_SIZE(st) < 17 ? PyBytes_GET_SIZE(st) : 17;
+        const char *sp = PyBytes_AS_STRING(st);
+        if (bytes_cmp(PyBytes_AS_STRING(lo), PyBytes_GET_SIZE(lo), sp, sn) > 0
+            || bytes_cmp(sp, sn, PyBytes_AS_STRING(hi), PyBytes_GET_SIZE(hi)) > 0)
+            Py_RETURN_NONE;
+    }
+    PyObject *r = PyTuple_New(4);
+    if (r == NULL)
+        return NULL;
+    PyObject *n = PyLong_FromLongLong(seq);
+    if (n == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, n);
+    PyObject *ids[3] = {f[F_11], f[F_37], f[F_41]};
+    for (int i = 0; i < 3; i++) {
+        PyObject *v = ids[i] != NULL ? ids[i] : Py_None;
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(r, i + 1, v);
+    }
+    return r;
+}
+
 #ifdef FIXPROXY_HAVE_OPENSSL
 /* ---- audit_rows ------------------------------------------------------------------------------ */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/sha.h>
 
 static const char hex_digits[] = "0123456789abcdef";
+static PyObject *forwarded_str = NULL; /* "forwarded": the outcome of a Message item */
 
 typedef struct {
     char *p;
@@ -685,8 +841,8 @@ seq_json(PyObject *seq, char *dst)
 }
 
 /* audit_rows(items, row, whole) -> (rows_json, whole_hexdigest or None): items are audit.py's
- * (msg_seq_num, msg_type, raw, outcome, reason) tuples; row(item) renders a row this function does
- * not; whole: also the digest of all the messages' bytes, concatenated. */
+ * (msg_seq_num, msg_type, raw, outcome, reason) tuples, or forwarded Messages; row(item) renders a
+ * row this function does not; whole: also the digest of all the messages' bytes, concatenated. */
 static PyObject *
 audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -695,6 +851,8 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *items = args[0], *row = args[1];
+    if (forwarded_str == NULL && (forwarded_str = PyUnicode_InternFromString("forwarded")) == NULL)
+        return NULL;
     int want_whole = PyObject_IsTrue(args[2]);
     if (want_whole < 0)
         return NULL;
@@ -709,12 +867,52 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     b.p[b.len++] = '[';
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 5) {
-            PyErr_SetString(PyExc_TypeError, "audit item: a 5-tuple expected");
+        PyObject *seq_obj, *raw, *mt, *outcome, *reason;
+        if (message_type != NULL && Py_TYPE(item) == message_type) {
+            /* a forwarded Message: its MsgSeqNum as received (the last 34 of its split fields;
+             * unsplit: audit.py's row decides) */
+            raw = *(PyObject **)((char *)item + slot_offset[S_RAW]);
+            mt = *(PyObject **)((char *)item + slot_offset[S_MT]);
+            PyObject *tags = *(PyObject **)((char *)item + slot_offset[S_TAGS]);
+            PyObject *values = *(PyObject **)((char *)item + slot_offset[S_VALUES]);
+            seq_obj = NULL;
+            if (tags != NULL && values != NULL && PyList_CheckExact(tags) && PyList_CheckExact(values)
+                && PyList_GET_SIZE(tags) == PyList_GET_SIZE(values)) {
+                seq_obj = Py_None;
+                for (Py_ssize_t j = PyList_GET_SIZE(tags) - 1; j >= 0; j--) {
+                    PyObject *t = PyList_GET_ITEM(tags, j);
+                    if (PyBytes_CheckExact(t) && PyBytes_GET_SIZE(t) == 2 && PyBytes_AS_STRING(t)[0] == '3'
+                        && PyBytes_AS_STRING(t)[1] == '4') {
+                        seq_obj = PyList_GET_ITEM(values, j);
+                        break;
+                    }
+                }
+            }
+            outcome = forwarded_str;
+            reason = Py_None;
+            if (raw == NULL || mt == NULL)
+                seq_obj = NULL;
+        }
+        else if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 5) {
+            seq_obj = PyTuple_GET_ITEM(item, 0);
+            mt = PyTuple_GET_ITEM(item, 1);
+            raw = PyTuple_GET_ITEM(item, 2);
+            outcome = PyTuple_GET_ITEM(item, 3);
+            reason = PyTuple_GET_ITEM(item, 4);
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError, "audit item: a 5-tuple or a Message expected");
             goto done;
         }
         Py_buffer view;
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 2), &view, PyBUF_SIMPLE) < 0)
+        if (raw == NULL) { /* a Message without its bytes: audit.py's row raises what it raises */
+            PyObject *text = PyObject_CallOneArg(row, item);
+            Py_XDECREF(text);
+            if (text != NULL)
+                PyErr_SetString(PyExc_TypeError, "audit item: a Message without raw bytes");
+            goto done;
+        }
+        if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
             goto done;
         if (want_whole)
             SHA256_Update(&whole, view.buf, (size_t)view.len);
@@ -725,8 +923,7 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             b.p[b.len++] = ',';
         }
-        PyObject *mt = PyTuple_GET_ITEM(item, 1), *outcome = PyTuple_GET_ITEM(item, 3);
-        int common = PyTuple_GET_ITEM(item, 4) == Py_None && PyUnicode_CheckExact(outcome)
+        int common = seq_obj != NULL && reason == Py_None && PyUnicode_CheckExact(outcome)
                      && PyUnicode_CompareWithASCIIString(outcome, "forwarded") == 0 && PyBytes_CheckExact(mt)
                      && PyBytes_GET_SIZE(mt) <= 16;
         if (common) {
@@ -738,7 +935,7 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 }
         }
         char num[24];
-        Py_ssize_t num_len = common ? seq_json(PyTuple_GET_ITEM(item, 0), num) : 0;
+        Py_ssize_t num_len = common ? seq_json(seq_obj, num) : 0;
         if (num_len > 0) {
             /* [num,"mt",len,"forwarded",null,"hex"] */
             if (out_reserve(&b, num_len + PyBytes_GET_SIZE(mt) + 24 + 20 + 2 * SHA256_DIGEST_LENGTH + 8) < 0) {
@@ -806,6 +1003,7 @@ static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "frame and split consecutive good messages"},
     {"plan_passes", (PyCFunction)(void (*)(void))plan_passes, METH_FASTCALL, "a dictionary plan's value checks"},
     {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean, fallback)"},
+    {"session_fast", (PyCFunction)(void (*)(void))session_fast, METH_FASTCALL, "the session's header checks"},
 #ifdef FIXPROXY_HAVE_OPENSSL
     {"audit_rows", (PyCFunction)(void (*)(void))audit_rows, METH_FASTCALL, "audit_rows(items, row, whole) -> (rows, sha256 or None)"},
 #endif

@@ -70,36 +70,39 @@ class LeakGuard:
         if msg_type == b"D":
             cl = get(b"11")
             if cl is not None:
-                self._claim(session, cl, now)
+                self.claim(session, cl, now)
             return None
         if msg_type in _ORDER_ENTRY:
-            oid = get(b"37")
-            if oid is not None and oid != b"NONE":
-                owner = self._orderids.get(oid)
-                if owner is not None and owner[0] != session:
-                    return self._cross(f"OrderID {oid.decode('latin-1')} belongs to another session", 37)
-            # The order a request names: OrigClOrdID for a cancel/replace (its own ClOrdID is a
-            # new identifier, which may equal another session's as a NewOrderSingle's may), the
-            # ClOrdID for a status request.
-            for tag in (b"11",) if msg_type == b"H" else (b"41",):
-                ref = get(tag)
-                if ref is None:
-                    continue
-                if self._owns(session, ref):
-                    continue
-                if self._used_by_other(ref, session):
-                    return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", int(tag))
-            cl = get(b"11")
-            if cl is not None and msg_type != b"H":
-                self._claim(session, cl, -now)  # owned, but its reply is no order round trip
+            return self.order_entry(session, msg_type, get(b"11"), get(b"37"), get(b"41"), now)
+        return None
+
+    def order_entry(self, session: str, msg_type: bytes, cl: bytes | None, oid: bytes | None,
+                    orig: bytes | None, now: float) -> Refusal | None:
+        """A cancel, replace or status request (F/G/H) by its ClOrdID, OrderID and OrigClOrdID:
+        what `inbound` does once the spoofing check has passed (the session's C fast path reads
+        the three fields itself)."""
+        if oid is not None and oid != b"NONE":
+            owner = self._orderids.get(oid)
+            if owner is not None and owner[0] != session:
+                return self._cross(f"OrderID {oid.decode('latin-1')} belongs to another session", 37)
+        # The order a request names: OrigClOrdID for a cancel/replace (its own ClOrdID is a new
+        # identifier, which may equal another session's as a NewOrderSingle's may), the ClOrdID for
+        # a status request.
+        ref, tag = (cl, 11) if msg_type == b"H" else (orig, 41)
+        if ref is not None and not self._owns(session, ref) and self._used_by_other(ref, session):
+            return self._cross(f"ClOrdID {ref.decode('latin-1')} belongs to another session", tag)
+        if cl is not None and msg_type != b"H":
+            self.claim(session, cl, -now)  # owned, but its reply is no order round trip
         return None
 
     # ---- outbound: ATS -> OMS -----------------------------------------------------------------
     def outbound(self, session: str, msg_type: bytes, get: Get, now: float) -> Refusal | None:
         if msg_type not in _ORDER_REPLIES:
             return None
-        cl = get(b"11")
-        oid = get(b"37")
+        return self.reply(session, get(b"11"), get(b"37"), now)
+
+    def reply(self, session: str, cl: bytes | None, oid: bytes | None, now: float) -> Refusal | None:
+        """An ExecutionReport or OrderCancelReject to `session`, by its ClOrdID and OrderID."""
         if oid is not None and oid != b"NONE":
             owner = self._orderids.get(oid)
             if owner is not None and owner[0] != session:
@@ -166,7 +169,8 @@ class LeakGuard:
         return len(self._claims)
 
     # ---- internals ----------------------------------------------------------------------------
-    def _claim(self, session: str, cl: bytes, now: float) -> None:
+    def claim(self, session: str, cl: bytes, now: float) -> None:
+        """`session` uses ClOrdID `cl` from `now` (negative: owned, no round trip to time)."""
         clordids = self._clordids
         entry = clordids.get(cl)
         if entry is None:

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from . import metrics as m
 from . import tls as tlsmod
 from .access import Authoriser, Peer, SourceGuard
-from .audit import BadRecord, VerifyResult
+from .audit import BadRecord, Item, VerifyResult
 from .events import Direction, Outcome, SecurityEvent
 from .kpis import AnomalyDetector, KpiCollector, LatencyStats
 from .leakguard import LeakGuard
@@ -405,10 +405,10 @@ class FixProxy:
         message's metadata; digests are computed at flush."""
         insp = link.inspector
         session = insp.session_name if insp is not None and insp.session_name else link.source
-        # MsgSeqNum as the digits received (a forwarded message always has valid ones): the trail
-        # turns them into a number when it writes the record, off the per-read path.
-        items: list[tuple[int | bytes | None, bytes, bytes, str, str | None]] = [
-            (msg.get(b"34"), msg.msg_type, msg.raw, "forwarded", None) for msg in res.forwarded]
+        # A forwarded message goes in as itself: the trail reads its MsgSeqNum (the digits received;
+        # a forwarded message always has valid ones), MsgType and bytes when it writes the record,
+        # off the per-read path.
+        items: list[Item] = list(res.forwarded)
         for msg, ev in res.refused:
             items.append((ev.msg_seq_num, msg.msg_type, msg.raw, ev.outcome.value,
                           ev.reason.value if ev.reason else None))

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, decode_one, encode, replace_fields
+from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, _speedups, decode_one, encode, replace_fields
 from .events import Direction, Outcome, SecurityEvent
 from .leakguard import LeakGuard
 from .policy import ORDER_MSG_TYPES, SESSION_MSG_TYPES, Action, RejectStyle, SessionPolicy, TokenBucket
@@ -39,6 +39,11 @@ _REMEMBER = 10_000
 
 _ADMIN_REJECT_TYPES = frozenset({b"3", b"j"})
 _GUARDED = frozenset({b"D", b"F", b"G", b"H", b"8", b"9"})  # order flow the leak guard inspects
+_ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
+_ORDER_REPLIES = frozenset({b"8", b"9"})
+# The header checks of the common message in C (fixproxy/_speedups.c), else None: Python's path.
+_session_fast = getattr(_speedups, "session_fast", None)
+_CLOSED = Refusal(Reason.FLOOD, "the session was closed")  # _checks: closed, nothing more to do
 
 
 def utc_timestamp(now: float | None = None) -> bytes:
@@ -152,6 +157,7 @@ class ReadResult:
 
 Authorise = Callable[[Message], "SessionState | Refusal"]
 Validate = Callable[[Message], "Refusal | None"]  # the data-dictionary check, after check_syntax
+Fast = tuple[int, "bytes | None", "bytes | None", "bytes | None"]  # session_fast: MsgSeqNum, 11, 37, 41
 
 
 class Stats:
@@ -254,6 +260,20 @@ class SessionInspector:
         if state is None:
             self._logon(d, msg, res, received_at)
             return
+        if msg._checked_with is self.limits and _session_fast is not None:
+            sender, target = self._comp[d]
+            fast = _session_fast(msg, sender, target, state.next_seq[d], self._allowed[d], self._window)
+            if fast is not None:
+                # The C scanner split and checked the syntax, and session_fast the header: the
+                # CompIDs, MsgSeqNum in order (no PossDup), not Logon/SequenceReset/Logout, MsgType
+                # allowed, no OnBehalfOf/DeliverTo, SendingTime in the window. The rest below.
+                state.next_seq[d] = fast[0] + 1
+                refusal = self._checks(d, msg, msg.msg_type, False, state, res, now, received_at, fast, None)
+                if refusal is None:
+                    self._forward(d, msg, res)
+                elif refusal is not _CLOSED:
+                    self._refuse(d, msg, refusal, res, now, received_at)
+                return
         # check_syntax, unless the C scanner already checked it under these limits (the common case)
         refusal = None if msg._checked_with is self.limits else msg.check_syntax(self.limits)
         if refusal is not None:
@@ -333,27 +353,10 @@ class SessionInspector:
         allowed = self._allowed[d]
         if allowed is not None and mt not in allowed and mt not in SESSION_MSG_TYPES:
             refusal = Refusal(Reason.MSGTYPE_NOT_ALLOWED, f"MsgType {mt.decode()} not allowed", 35)
-        elif self._validate is not None:
-            refusal = self._validate(msg)
-        if refusal is None and self.refuse_orders is not None and d is INBOUND and mt in ORDER_MSG_TYPES:
-            refusal = self.refuse_orders
-        guard = self._guard
-        if refusal is None and guard is not None:
-            if d is INBOUND:
-                if mt in _GUARDED or b"115" in idx or b"128" in idx:
-                    refusal = guard.inbound(state.policy.name, mt, get, now, self._on_behalf)
-            elif mt in _GUARDED:
-                refusal = guard.outbound(state.policy.name, mt, get, now)
-        if refusal is None and d is INBOUND and self._bucket is not None and not possdup:
-            bucket = self._bucket
-            if bucket.tokens >= 1.0 and not bucket.refused_in_a_row:
-                bucket.tokens -= 1.0  # TokenBucket.take(), inlined: this runs for every message
-            elif not bucket.take():
-                if bucket.refused_in_a_row > state.policy.rate_limit.disconnect_after:
-                    self._disconnect(d, msg, Refusal(Reason.FLOOD, "Message flood: session closed"),
-                                     res, received_at)
-                    return
-                refusal = Refusal(Reason.RATE_LIMITED, "Message rate limit exceeded")
+        else:
+            refusal = self._checks(d, msg, mt, possdup, state, res, now, received_at, None, idx)
+            if refusal is _CLOSED:
+                return
         if refusal is None and not possdup and self._window is not None:
             st = get(b"52")
             lo, hi = self._window  # recomputed once a second, two byte compares here
@@ -363,6 +366,49 @@ class SessionInspector:
             self._refuse(d, msg, refusal, res, now, received_at)
             return
         self._forward(d, msg, res)
+
+    def _checks(self, d: Direction, msg: Message, mt: bytes, possdup: bool, state: SessionState, res: ReadResult,
+                now: float, received_at: float | None, fast: Fast | None,
+                idx: dict[bytes, bytes] | None) -> Refusal | None:
+        """The policy checks after the header's: dictionary, orders refused (audit down), leak guard,
+        rate limit. The leak guard reads ClOrdID/OrderID/OrigClOrdID from `fast` (session_fast's
+        answer) or from `idx` (the message's index). _CLOSED: the session was closed (flood)."""
+        refusal = None
+        if self._validate is not None:
+            refusal = self._validate(msg)
+        if refusal is None and self.refuse_orders is not None and d is INBOUND and mt in ORDER_MSG_TYPES:
+            refusal = self.refuse_orders
+        guard = self._guard
+        if refusal is None and guard is not None:
+            if fast is not None:  # no OnBehalfOf/DeliverTo: the spoofing check has nothing to see
+                if mt in _GUARDED:
+                    _, cl, oid, orig = fast
+                    name = state.policy.name
+                    if d is INBOUND:
+                        if mt == b"D":
+                            if cl is not None:
+                                guard.claim(name, cl, now)
+                        elif mt in _ORDER_ENTRY:
+                            refusal = guard.order_entry(name, mt, cl, oid, orig, now)
+                    elif mt in _ORDER_REPLIES:
+                        refusal = guard.reply(name, cl, oid, now)
+            elif idx is not None:
+                if d is INBOUND:
+                    if mt in _GUARDED or b"115" in idx or b"128" in idx:
+                        refusal = guard.inbound(state.policy.name, mt, idx.get, now, self._on_behalf)
+                elif mt in _GUARDED:
+                    refusal = guard.outbound(state.policy.name, mt, idx.get, now)
+        if refusal is None and d is INBOUND and self._bucket is not None and not possdup:
+            bucket = self._bucket
+            if bucket.tokens >= 1.0 and not bucket.refused_in_a_row:
+                bucket.tokens -= 1.0  # TokenBucket.take(), inlined: this runs for every message
+            elif not bucket.take():
+                if bucket.refused_in_a_row > state.policy.rate_limit.disconnect_after:
+                    self._disconnect(d, msg, Refusal(Reason.FLOOD, "Message flood: session closed"),
+                                     res, received_at)
+                    return _CLOSED
+                refusal = Refusal(Reason.RATE_LIMITED, "Message rate limit exceeded")
+        return refusal
 
     # ------------------------------------------------------------------ logon
     def _logon(self, d: Direction, msg: Message, res: ReadResult, received_at: float | None) -> None:

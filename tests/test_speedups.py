@@ -8,13 +8,14 @@ message must get the same `check_syntax` verdict, fields, index and dictionary v
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fixproxy import codec, dictionary
-from fixproxy.codec import Decoder, FrameError, Limits, Message
+from fixproxy.codec import Decoder, FrameError, Limits, Message, encode
 from tests.fixgen import FIX42, FIX44, FIXT11, field_bytes, frame, real_messages
 
 
@@ -251,3 +252,201 @@ def test_audit_rows_errors_are_raised_not_swallowed() -> None:
     # the common row never calls the Python function
     rows, whole = audit._audit_rows([(b"007", b"D", b"x", "forwarded", None)], boom, True)
     assert rows.startswith('[[7,"D",1,"forwarded",null,"') and whole == hashlib.sha256(b"x").hexdigest()
+
+
+def test_audit_rows_take_forwarded_messages_as_python_does() -> None:
+    """The proxy hands the trail its forwarded Messages themselves: MsgSeqNum as received (leading
+    zeros, none at all), split by C or not split yet, the same text either way."""
+    from fixproxy import audit
+
+    hb = [(35, "0"), (49, "A"), (56, "B")]
+    variants = [encode("FIX.4.4", [*hb, (34, seq), (52, "20240315-13:45:30")]) for seq in ("2", "0002", "77")]
+    variants.append(encode("FIX.4.4", hb))  # no MsgSeqNum at all
+    msgs = Decoder().feed(b"".join([variants[0], *variants]))[1:]  # the first one primes the C scanner
+    unsplit = [Message(m.raw, m.begin_string, m.msg_type, m.body_start, m.trailer_start) for m in msgs]
+    assert all(m._tags is not None for m in msgs) and all(m._tags is None for m in unsplit)
+    items = [*msgs, (b"7", b"D", variants[0], "refused", "x"), *unsplit]
+    for whole in (True, False):
+        assert audit._audit_rows(items, audit._row, whole) == audit._rows(items, whole)
+    rows = json.loads(audit._audit_rows(items, audit._row, False)[0])
+    assert [r[0] for r in rows] == [2, 2, 77, None, 7, 2, 2, 77, None]
+
+
+# ---- the session's header checks ----------------------------------------------------------------
+
+_STEP = st.fixed_dictionaries({
+    "who": st.sampled_from(["A", "B"]),
+    "side": st.sampled_from(["oms", "oms", "oms", "ats"]),
+    "mt": st.sampled_from(["D", "D", "D", "F", "G", "H", "8", "9", "0", "1", "j", "AE", "X", "4", "5"]),
+    # mostly good headers (a session closes at most bad ones), each bad kind now and then
+    "seq": st.sampled_from(["next"] * 40 + ["gap", "low", "low1", "zeros", "zeros", "none", "huge", "word"]),
+    "possdup": st.sampled_from([None] * 12 + ["Y", "N"]),
+    "comp": st.sampled_from(["ok"] * 30 + ["sender", "target"]),
+    "extra": st.sampled_from([None] * 20 + ["115", "128", "dup11", "dup11"]),
+    "time": st.sampled_from(["now"] * 20 + ["stale", "none", "short"]),
+    "clordid": st.sampled_from(["C1", "C2", "C3", "C9"]),
+    "orderid": st.sampled_from([None, "O1", "O2", "NONE"]),
+})
+
+
+def _session_world():
+    from fixproxy.leakguard import LeakGuard
+    from fixproxy.policy import RateLimit, SessionPolicy, ValidationMode
+    from fixproxy.session import SessionInspector, SessionState
+
+    clock = [1_710_000_000.0]
+    guard = LeakGuard(clock=lambda: clock[0])
+    dd = dictionary.load_for_version(b"FIX.4.4")
+    states = {}
+    for who in ("A", "B"):
+        policy = SessionPolicy(name=f"OMS{who}", begin_string="FIX.4.4", sender_comp_id=f"OMS{who}",
+                               target_comp_id="ATS",
+                               validation=ValidationMode.OFF if who == "A" else ValidationMode.LENIENT,
+                               allowed_inbound=["D", "F", "G", "H", "AE"] if who == "A" else None,
+                               allowed_outbound=["8", "9", "j"] if who == "A" else None,
+                               rate_limit=RateLimit(rate=5, burst=3, disconnect_after=4))
+        states[who] = SessionState(policy)
+
+    def connect(who: str) -> SessionInspector:  # a new connection of the session, as the proxy makes
+        # A validates nothing (so every order reaches the leak guard) and allows a few MsgTypes; B
+        # validates leniently and allows any MsgType. The dictionary check runs the same way on
+        # both paths; what differs is what comes before and after it.
+        return SessionInspector(lambda _m: states[who], validator=lambda p: dd.validator(p.validation.value),
+                                clock=lambda: clock[0], leak_guard=guard)
+
+    return clock, guard, connect
+
+
+def _run_session_steps(steps: list[dict], fast: bool) -> list:
+    from fixproxy import session
+    from fixproxy.session import utc_timestamp
+
+    saved = session._session_fast
+    if not fast:
+        session._session_fast = None
+    try:
+        clock, guard, connect = _session_world()
+        insp = {}
+        seqs = {}
+        out: list = []
+
+        def send(who: str, side: str, fields: list) -> None:
+            raw = encode("FIX.4.4", fields)
+            res = (insp[who].from_initiator if side == "oms" else insp[who].from_acceptor)(raw, 1.0)
+            out.append((who, side, res.to_acceptor, res.to_initiator, [m.raw for m in res.forwarded],
+                        [(m.raw, e.reason, e.outcome, e.detail) for m, e in res.refused],
+                        [(e.reason, e.outcome, e.detail) for e in res.events], res.close and res.close.reason,
+                        res.logon is not None))
+
+        def logon(who: str) -> None:  # a new connection, both sides resetting their numbers
+            insp[who] = connect(who)
+            ts = utc_timestamp(clock[0])
+            for side, me, other in (("oms", f"OMS{who}", "ATS"), ("ats", "ATS", f"OMS{who}")):
+                send(who, side, [(35, "A"), (49, me), (56, other), (34, 1), (52, ts), (98, 0), (108, 30), (141, "Y")])
+                seqs[(who, side)] = 2
+
+        for who in ("A", "B"):
+            logon(who)
+        for step in steps:
+            clock[0] += 0.05
+            who, side = step["who"], step["side"]
+            if insp[who].closed is not None:
+                out.append(("closed", who, insp[who].closed.reason))
+                logon(who)
+            me, other = (f"OMS{who}", "ATS") if side == "oms" else ("ATS", f"OMS{who}")
+            if step["comp"] == "sender":
+                me = "EVIL"
+            elif step["comp"] == "target":
+                other = "EVIL"
+            n = seqs[(who, side)]
+            seq: object = {"next": n, "gap": n + 3, "low": max(1, n - 2), "low1": n - 1, "zeros": f"000{n}",
+                           "none": None, "huge": "9" * 25, "word": "12a"}[step["seq"]]
+            if step["seq"] in ("next", "zeros"):
+                seqs[(who, side)] = n + 1
+            elif step["seq"] == "gap":
+                seqs[(who, side)] = n + 4
+            now = utc_timestamp(clock[0])
+            stale = utc_timestamp(clock[0] - 3600)
+            st_value = {"now": now, "stale": stale, "none": None, "short": now[:10]}[step["time"]]
+            fields: list = [(35, step["mt"]), (49, me), (56, other)]
+            if seq is not None:
+                fields.append((34, seq))
+            if step["possdup"]:
+                fields.append((43, step["possdup"]))
+            if st_value is not None:
+                fields.append((52, st_value))
+            if step["extra"] in ("115", "128"):
+                fields.append((int(step["extra"]), "SOMEONE"))
+            cl, oid, t60 = (11, step["clordid"]), (37, step["orderid"] or "O1"), (60, now)
+            fields += {  # the body of each type as FIX 4.4 has it, so that B's dictionary passes them
+                "D": [cl, (21, "1"), (55, "VOD.L"), (54, "1"), t60, (38, 100), (40, "1")],
+                "F": [(41, "C1"), cl, (55, "VOD.L"), (54, "1"), t60, (38, 100), oid],
+                "G": [(41, "C1"), cl, (21, "1"), (55, "VOD.L"), (54, "1"), t60, (38, 100), (40, "1"), oid],
+                "H": [cl, (55, "VOD.L"), (54, "1"), oid],
+                "8": [oid, cl, (17, "E1"), (150, "0"), (39, "0"), (55, "VOD.L"), (54, "1"), (151, 100), (14, 0),
+                      (6, 0)],
+                "9": [oid, cl, (41, "C1"), (39, "8"), (434, "1")],
+                "4": [(36, n + 5)],
+            }.get(step["mt"], [cl])
+            if step["orderid"] is None:
+                fields = [f for f in fields if f[0] != 37]
+            if step["extra"] == "dup11":
+                fields.append((11, "C9"))
+            send(who, side, fields)
+        out.append((guard.blocked, guard.cross_refs, guard.spoofing, guard.orders, list(guard.round_trips),
+                    {w: (i.stats[session.INBOUND].as_dict(), i.stats[session.OUTBOUND].as_dict(),
+                         i.closed and i.closed.reason, i.logout_seen, i._ats_logon_seen) for w, i in insp.items()}))
+        return out
+    finally:
+        session._session_fast = saved
+
+
+def _steps(*changes: dict) -> list[dict]:
+    """Scripted steps: an order of A's to the ATS, changed as given."""
+    base = {"who": "A", "side": "oms", "mt": "D", "seq": "next", "possdup": None, "comp": "ok", "extra": None,
+            "time": "now", "clordid": "C1", "orderid": None}
+    return [base | c for c in changes]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_STEP, min_size=1, max_size=60))
+# Cases a random mix may take long to meet, each the undoing of one of session_fast's conditions:
+@example(_steps({"who": "B", "mt": "4"}, {"who": "B"}))  # SequenceReset-Reset: the next number moves
+@example(_steps({}, {}, {}, {}, {"possdup": "Y"}, {"possdup": "Y"}))  # PossDup: no rate limit
+@example(_steps({"extra": "dup11"}, {"side": "ats", "mt": "8", "clordid": "C9", "orderid": "O1"}))  # last 11
+@example(_steps({}, {"seq": "low1"}))  # one below the next number
+@example(_steps({"who": "B", "mt": "A"}, {"who": "B", "side": "ats", "mt": "A"}))  # Logons inside the session
+@example(_steps({"who": "B", "mt": "5"}, {"who": "B"}))  # Logout
+@example(_steps({"extra": "115"}))  # OnBehalfOfCompID: the spoofing check
+@example(_steps({"extra": "128"}))  # DeliverToCompID: the spoofing check
+@example(_steps({"comp": "target"}))
+@example(_steps({"time": "stale"}, {"time": "short"}))
+def test_session_fast_path_decides_as_python_does(steps: list[dict]) -> None:
+    """session_fast (C) may only skip work: for any mix of good and bad headers (CompIDs, MsgSeqNum
+    gaps, repeats, leading zeros, PossDup, MsgTypes, OnBehalfOf, SendingTime) over two sessions
+    sharing a leak guard, the inspector's output and counters are the same with it and without."""
+    from fixproxy import session
+
+    assert session._session_fast is not None
+    assert _run_session_steps(steps, fast=True) == _run_session_steps(steps, fast=False)
+
+
+def test_session_fast_takes_the_common_message() -> None:
+    """The fast path is really taken for an ordinary order (else the test above proves nothing)."""
+    from fixproxy import session
+
+    calls = []
+    saved = session._session_fast
+
+    def spy(*args):
+        r = saved(*args)
+        calls.append(r)
+        return r
+
+    session._session_fast = spy
+    try:
+        _run_session_steps([{"who": "A", "side": "oms", "mt": "D", "seq": "next", "possdup": None, "comp": "ok",
+                             "extra": None, "time": "now", "clordid": "C1", "orderid": None}], fast=True)
+    finally:
+        session._session_fast = saved
+    assert calls[-1] == (2, b"C1", None, None)  # the order: MsgSeqNum 2, ClOrdID, no OrderID, no OrigClOrdID
