@@ -222,6 +222,10 @@ split_fields(PyObject *msg, const char *b, const char *e, Py_ssize_t max_fields,
             memcpy(k, f[i].ts, (size_t)f[i].tl);
             k += f[i].tl;
         }
+        /* Lists of bytes cannot be part of a reference cycle: the garbage collector need not
+         * walk them (the audit trail keeps forwarded messages until its next flush). */
+        PyObject_GC_UnTrack(tags);
+        PyObject_GC_UnTrack(values);
         set_slot(msg, S_TAGS, tags);
         set_slot(msg, S_VALUES, values);
         set_slot(msg, S_KEY, key);
@@ -269,6 +273,9 @@ new_message(PyObject *buf, Py_ssize_t pos, Py_ssize_t end, PyObject *begin, Py_s
         Py_INCREF(Py_None);
         set_slot(msg, i, Py_None);
     }
+    /* Nor can a Message (bytes, ints, lists of bytes, a dict of bytes, Limits): untracked, the
+     * collector's walks skip the messages a read or the audit trail holds. */
+    PyObject_GC_UnTrack(msg);
     return msg;
 }
 
