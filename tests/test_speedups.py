@@ -7,6 +7,7 @@ message must get the same `check_syntax` verdict, fields, index and dictionary v
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 
@@ -27,7 +28,12 @@ def test_speedups_are_built_and_used() -> None:
     assert isinstance(first, Message) and first._checked_with is None  # a new BeginString: Python's path
     assert isinstance(msg, Message)
     assert msg._checked_with is codec.DEFAULT_LIMITS  # split by C, under the decoder's limits
+    assert msg._index is None  # built when asked for, not by the scanner
     assert msg.index()[b"11"] == b"ORD-1"
+    # Not tracked by the garbage collector (nothing in a Message can lead back to it): its walks
+    # skip the messages the audit trail holds until its next flush. Python's Messages still are.
+    assert not gc.is_tracked(msg) and not gc.is_tracked(msg.tags) and not gc.is_tracked(msg.values)
+    assert gc.is_tracked(first)
 
 
 def _decode(chunks: list[bytes], limits: Limits, pure: bool) -> list[tuple]:
