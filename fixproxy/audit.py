@@ -38,8 +38,8 @@ signed by that key. One trail directory is signed by one key; a new key means a 
 A trail rolled back completely (files and HEAD.json replaced by an older, genuine state) can only
 be detected against the off-box copy of the latest checkpoint.
 
-A ``messages`` record (one socket read, or ``reads`` consecutive reads of one session and direction
-between two flushes) carries ``session``, ``direction``, ``received_at`` (of its first read),
+A ``messages`` record (one socket read, or the ``reads`` reads of one session and direction between
+two flushes) carries ``session``, ``direction``, ``received_at`` (of its first read),
 ``count`` and ``messages``: one array per message, ``[msg_seq_num, msg_type, length, outcome,
 reason, sha256]`` (:data:`MESSAGE_COLUMNS`; arrays rather than objects halve the cost of writing
 them). With ``store_messages`` it also carries the bytes: ``data`` (base64) or, encrypted, ``enc``;
@@ -101,7 +101,7 @@ LOCK_FILE = ".lock"
 CHECKPOINT = "checkpoint"  # kind of the signed checkpoint records (written by the trail only)
 MESSAGES = "messages"  # kind of the records append_messages writes
 PROBE = "audit.probe"  # written when the trail is writable again after a failure (see flush)
-MAX_RECORD_MESSAGES = 1024  # messages per ``messages`` record at most (consecutive reads coalesce up to it)
+MAX_RECORD_MESSAGES = 1024  # messages per ``messages`` record at most (a session's reads coalesce up to it)
 MESSAGE_COLUMNS = ("msg_seq_num", "msg_type", "length", "outcome", "reason", "sha256")  # a messages entry
 RESERVED_FIELDS = frozenset({"seq", "time", "kind", "prev", "hash"})
 _FILE_NAME = re.compile(r"audit-(\d{6,})\.jsonl")
@@ -396,6 +396,8 @@ class AuditTrail:
         self._pub_b64 = _b64(_raw_public(self._key.public_key()))
         self._aead = AESGCM(load_encryption_key(encryption_key)) if encryption_key is not None else None
         self._pending: list[tuple[Any, ...]] = []
+        # (session, direction) -> its messages record still pending: later reads join it
+        self._open: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._seq = 0  # last seq handed out (written or pending)
         self._written = 0  # last seq on disk
         self._head = ZERO_HASH  # hash of record self._written
@@ -464,19 +466,21 @@ class AuditTrail:
         in :meth:`flush`. ``items`` and the bytes in it are kept until then: do not mutate them
         (pass bytes, not a reused buffer).
 
-        Consecutive reads of the same session and direction that arrive before the next flush share
-        one record (up to :data:`MAX_RECORD_MESSAGES` messages; ``reads`` counts them): at one
-        message per read, a record per read cost ~10 µs per message in JSON and hashing alone."""
-        pending = self._pending
-        if pending:
-            last = pending[-1]
-            if len(last) == 7 and last[2] == session and last[3] == direction \
-                    and len(last[5]) + len(items) <= MAX_RECORD_MESSAGES:
-                last[5].extend(items)
-                last[6][0] += 1
-                return last[0]
+        The reads of one session and direction that arrive before the next flush share one record
+        (up to :data:`MAX_RECORD_MESSAGES` messages; ``reads`` counts them), whatever other
+        sessions' reads come between: at one message per read, a record per read cost ~10 µs per
+        message in JSON and hashing alone, and a flush of 50 such records held the event loop for
+        0.35 ms (the p99 at 10k msg/s over 4 sessions)."""
+        key = (session, direction)
+        entry = self._open.get(key)
+        if entry is not None and len(entry[5]) + len(items) <= MAX_RECORD_MESSAGES:
+            entry[5].extend(items)
+            entry[6][0] += 1
+            return entry[0]
         self._seq = seq = self._seq + 1
-        pending.append((seq, self._clock(), session, direction, received_at, list(items), [1]))
+        entry = (seq, self._clock(), session, direction, received_at, list(items), [1])
+        self._pending.append(entry)
+        self._open[key] = entry
         return seq
 
     def unforward(self, seq: int, count: int, reason: str) -> int:
@@ -484,10 +488,10 @@ class AuditTrail:
         after all (write-ahead, and their record could not be written): those recorded as
         forwarded become refused with ``reason``. The record stays pending, to be written once
         the trail can be. Returns how many changed."""
-        last = self._pending[-1] if self._pending else None
-        if last is None or last[0] != seq or len(last) != 7 or len(last[5]) < count:
-            raise AuditError(f"unforward: record {seq} is not the last pending messages record")
-        items = last[5]
+        entry = next((e for e in reversed(self._pending) if e[0] == seq), None)
+        if entry is None or len(entry) != 7 or len(entry[5]) < count:
+            raise AuditError(f"unforward: record {seq} is not a pending messages record")
+        items = entry[5]
         changed = 0
         for i in range(len(items) - count, len(items)):
             msg_seq_num, msg_type, raw, outcome, _ = _as_tuple(items[i])
@@ -559,6 +563,7 @@ class AuditTrail:
                 self.append(PROBE, after=f"{type(self.error).__name__}: {self.error}"[:300])
             if self._pending:
                 batch, self._pending = self._pending, []
+                self._open.clear()  # new reads start new records (a batch put back is not extended)
                 before = self._written
                 try:
                     self._write_batch(batch)

@@ -1096,11 +1096,12 @@ def test_timing_append_messages_and_flush(tmp_path: Path, keys: dict[str, Path])
               f"verify {verified / result.records * 1e6:.1f} us/record")
 
 
-def test_consecutive_reads_share_a_record_until_the_next_flush(tmp_path: Path, keys: dict[str, Path]) -> None:
-    """At one message per read, a record per read was the audit trail's main cost: consecutive reads
-    of one session and direction coalesce into one record (``reads`` counts them), in order, up to
-    MAX_RECORD_MESSAGES; another session, another direction, another record kind or a flush starts
-    a new record. Nothing is lost or reordered, and the trail verifies."""
+def test_reads_of_a_session_share_a_record_until_the_next_flush(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """At one message per read, a record per read was the audit trail's main cost: the reads of one
+    session and direction between two flushes coalesce into one record (``reads`` counts them), in
+    order, up to MAX_RECORD_MESSAGES, whatever other sessions' reads and other records come between;
+    another session or direction has its own record, a flush starts new ones. Nothing is lost or
+    reordered within a session and direction, and the trail verifies."""
     from fixproxy.audit import MAX_RECORD_MESSAGES
 
     t = open_trail(tmp_path, keys, checkpoint_every=10_000)
@@ -1110,22 +1111,38 @@ def test_consecutive_reads_share_a_record_until_the_next_flush(tmp_path: Path, k
     c = t.append_messages("OMS1", "outbound", 3.0, [(2, b"8", ER, "forwarded", None)])
     d = t.append_messages("OMS2", "outbound", 4.0, [(2, b"8", ER, "forwarded", None)])
     e = t.append("session.logon", session="OMS1")
-    f = t.append_messages("OMS2", "outbound", 5.0, [(3, b"8", ER, "forwarded", None)])
+    f = t.append_messages("OMS2", "outbound", 5.0, [(3, b"8", ER, "forwarded", None)])  # joins d
+    a2 = t.append_messages("OMS1", "inbound", 5.5, [(5, b"D", NOS, "forwarded", None)])  # joins a
     t.flush()
     g = t.append_messages("OMS2", "outbound", 6.0, [(4, b"8", ER, "forwarded", None)])
     big = [(i, b"D", NOS, "forwarded", None) for i in range(MAX_RECORD_MESSAGES)]
     h = t.append_messages("OMS2", "outbound", 7.0, big)  # would overflow g's record: a new one
     t.close()
-    assert a == b and len({b, c, d, e, f}) == 5 and f != g != h
+    assert a == b == a2 and d == f and len({a, c, d, e}) == 4 and len({f, g, h}) == 3
     assert verify(tmp_path, keys["pub"]).ok
     recs = {r["seq"]: r for r in records(tmp_path)}
     first = recs[a]
-    assert (first["count"], first["reads"], first["received_at"]) == (3, 2, 1.0)
-    assert [m[0] for m in first["messages"]] == [2, 3, 4]
-    assert [m[3] for m in first["messages"]] == ["forwarded", "refused", "forwarded"]
+    assert (first["count"], first["reads"], first["received_at"]) == (4, 3, 1.0)
+    assert [m[0] for m in first["messages"]] == [2, 3, 4, 5]
+    assert [m[3] for m in first["messages"]] == ["forwarded", "refused", "forwarded", "forwarded"]
     assert "reads" not in recs[c] and recs[c]["direction"] == "outbound"
-    assert recs[f]["count"] == 1 and recs[g]["count"] == 1  # the flush between them
+    assert (recs[d]["count"], recs[d]["reads"]) == (2, 2) and [m[0] for m in recs[d]["messages"]] == [2, 3]
+    assert recs[g]["count"] == 1  # the flush between d and g
     assert recs[h]["count"] == MAX_RECORD_MESSAGES
+
+
+def test_unforward_finds_a_read_whose_record_is_not_the_last(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """Write-ahead: a read that joined an earlier pending record is taken back in that record."""
+    t = open_trail(tmp_path, keys, checkpoint_every=10_000)
+    a = t.append_messages("OMS1", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)])
+    t.append_messages("OMS2", "inbound", 1.5, [(2, b"D", NOS, "forwarded", None)])
+    assert t.append_messages("OMS1", "inbound", 2.0, [(3, b"D", NOS, "forwarded", None)]) == a
+    assert t.unforward(a, 1, "audit_unavailable") == 1
+    with pytest.raises(AuditError, match="not a pending messages record"):
+        t.unforward(999, 1, "audit_unavailable")
+    t.close()
+    rows = {r["seq"]: r for r in records(tmp_path)}[a]["messages"]
+    assert [(m[0], m[3], m[4]) for m in rows] == [(2, "forwarded", None), (3, "refused", "audit_unavailable")]
 
 
 def test_message_rows_are_the_json_the_encoder_would_write(tmp_path: Path, keys: dict[str, Path]) -> None:
@@ -1149,10 +1166,10 @@ def test_message_rows_are_the_json_the_encoder_would_write(tmp_path: Path, keys:
     assert b'"messages":' + json.dumps(expected, separators=(",", ":"), ensure_ascii=True).encode() in line
 
 
-def test_unforward_marks_the_last_pending_messages_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+def test_unforward_marks_the_pending_messages_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
     """Write-ahead: a read whose record could not be written is not forwarded; its messages stay in
     the pending record (coalesced or not), now refused with the reason, to be written later.
-    Only the last pending messages record can change."""
+    Only a pending messages record can change, not one already written."""
     t = open_trail(tmp_path, keys, checkpoint_every=10_000)
     a = t.append_messages("OMS1", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)])
     b = t.append_messages("OMS1", "inbound", 2.0, [(3, b"D", NOS, "forwarded", None),
@@ -1162,8 +1179,10 @@ def test_unforward_marks_the_last_pending_messages_refused(tmp_path: Path, keys:
     with pytest.raises(AuditError):
         t.unforward(b, 4, "audit_unavailable")  # more than the record holds
     d = t.append("session.logon", session="OMS1")
-    with pytest.raises(AuditError):
-        t.unforward(a, 1, "audit_unavailable")  # not the last pending record any more
+    assert t.unforward(a, 1, "audit_unavailable") == 0  # still pending, not last: its last was refused
+    t.flush()
+    with pytest.raises(AuditError, match="not a pending messages record"):
+        t.unforward(a, 1, "audit_unavailable")  # written: too late
     t.close()
     assert verify(tmp_path, keys["pub"]).ok
     recs = {r["seq"]: r for r in records(tmp_path)}
