@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml setup.py fixproxy/_speedups.c
 
 # Real peers the tests start: mosquitto (MQTT broker); promtool (Debian's prometheus package) checks
 # the alert rules and dashboard queries in deploy/; OpenSSL's headers (libssl-dev) for the C
-# accelerator's audit rows (the suite checks it is built). Installed from Debian when missing.
+# accelerator's audit rows (the suite checks it is built); haproxy, the benchmark's C floor (its
+# smoke test runs it). Installed from Debian when missing.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	[ -f /usr/include/openssl/sha.h ] || missing="$$missing libssl-dev"; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -1,5 +1,6 @@
 """The latency benchmark (bench/run_bench.py) at a tiny size: it runs end to end, plain and TLS,
-direct / relay / fixproxy, loses nothing and writes its JSON. Not a timing test: no figure is
+direct / relay / haproxy (installed by `make test`'s system-deps) / fixproxy, loses nothing and
+writes its JSON. Not a timing test: no figure is
 checked, only that every order sent arrived and every part worked."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run_bench.py"), "--modes", "plain,tls",
-         "--targets", "direct,relay,fixproxy,fixproxy-w2", "--rates", "2000", "--duration", "0.3",
+         "--targets", "direct,relay,haproxy,fixproxy,fixproxy-w2", "--rates", "2000", "--duration", "0.3",
          "--sat-duration", "0.3",
          "--warmup", "0.1", "--idle-sessions", "0", "--profile", "none", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -28,7 +29,7 @@ def test_bench_runs_without_loss_and_writes_json(tmp_path: Path) -> None:
     cases = doc["cases"]
     assert {(c["mode"], c["load"], c["target"]) for c in cases} == {
         (mode, load, target) for mode in ("plain", "tls") for load in ("2k", "saturation")
-        for target in ("direct", "relay", "fixproxy", "fixproxy-w2")}
+        for target in ("direct", "relay", "haproxy", "fixproxy", "fixproxy-w2")}
     for c in cases:
         assert c["errors"] == [], c
         assert c["sent"] > 0 and c["received"] == c["sent"] and c["lost"] == 0, c
