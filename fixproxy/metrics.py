@@ -24,6 +24,7 @@ POISONING_ATTEMPTS = PREFIX + "poisoning_attempts"  # counter {session, directio
 CONFIG_RELOADS = PREFIX + "config_reloads"  # counter {outcome=ok|refused}
 MODIFIED_FORWARDS = PREFIX + "modified_forwards"  # counter {session}: a rewrite changed more than it should
 AUDIT_VERIFY_FAILURES = PREFIX + "audit_verification_failures"  # counter
+AUDIT_VERIFICATIONS = PREFIX + "audit_verifications"  # counter {result=ok|failed}: every verification run
 # -- availability and resilience ---------------------------------------------------------------------
 SESSIONS_ACTIVE = PREFIX + "sessions_active"  # gauge {session}
 SESSION_UP = PREFIX + "session_up"  # gauge {session}: 1 while logged on

@@ -373,6 +373,8 @@ class FixProxy:
         self.m_audit_records = Counter(m.AUDIT_RECORDS, "Audit records written", registry=r)
         self.m_audit_verify_failures = Counter(m.AUDIT_VERIFY_FAILURES, "Audit trail verifications that failed",
                                                registry=r)
+        self.m_audit_verifications = Counter(m.AUDIT_VERIFICATIONS, "Audit trail verifications run, by result",
+                                             ["result"], registry=r)
         self.m_audit_gaps = Counter(m.AUDIT_SEQUENCE_GAPS, "Audit trail verifications that found a sequence gap",
                                     registry=r)
         r.register(KpiCollector(self))
@@ -495,6 +497,7 @@ class FixProxy:
             raise RuntimeError(f"audit verify did not run: {err.decode(errors='replace').strip()[-300:]}") from None
         bad = doc.get("first_bad")
         result = VerifyResult(**{**doc, "first_bad": BadRecord(**bad) if bad else None})
+        self.m_audit_verifications.labels("ok" if result.ok else "failed").inc()
         if not result.ok:
             self.m_audit_verify_failures.inc()
             if result.problem and result.problem.startswith("gap"):

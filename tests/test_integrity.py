@@ -70,9 +70,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         s.stop()
 
 
-def _sample(stack: Stack, name: str) -> float:
+def _sample(stack: Stack, name: str, labels: dict[str, str] | None = None) -> float:
     proxy = stack.proxy.proxy  # type: ignore[union-attr]
-    v = stack.proxy.sync(lambda: proxy.registry.get_sample_value(name))  # type: ignore[union-attr]
+    v = stack.proxy.sync(lambda: proxy.registry.get_sample_value(name, labels))  # type: ignore[union-attr]
     return 0.0 if v is None else v
 
 
@@ -86,8 +86,13 @@ def test_a_tampered_audit_trail_fails_verification_and_raises_the_alert(stack: S
     assert pt is not None and pt.proxy is not None
     proxy = pt.proxy
     pt.sync(lambda: proxy.audit.flush())
+    runs = m.AUDIT_VERIFICATIONS + "_total"
+    ok_before = _sample(stack, runs, {"result": "ok"})
     assert pt.call(proxy.verify_audit()) is True
     assert _sample(stack, m.AUDIT_VERIFY_FAILURES + "_total") == 0
+    # every run is counted by result (the start-up run 1 s after start may add one more "ok")
+    assert _sample(stack, runs, {"result": "ok"}) >= ok_before + 1
+    assert _sample(stack, runs, {"result": "failed"}) == 0
     # an insider edits one message record on disk: the quantity of an order
     trail = sorted((stack.workdir / "audit").glob("audit-*.jsonl"))[0]
     original = trail.read_text()
@@ -99,6 +104,7 @@ def test_a_tampered_audit_trail_fails_verification_and_raises_the_alert(stack: S
     trail.write_text("".join(lines))
     assert pt.call(proxy.verify_audit()) is False
     assert _sample(stack, m.AUDIT_VERIFY_FAILURES + "_total") == 1
+    assert _sample(stack, runs, {"result": "failed"}) == 1
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not any(e.kind == "audit.verification_failed" for e in pt.events()):
         time.sleep(0.05)
