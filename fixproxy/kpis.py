@@ -39,12 +39,17 @@ class LatencyStats:
     def observe(self, direction: str, seconds: float, msg_types: list[bytes]) -> None:
         i = bisect_left(_BUCKETS, seconds)
         series = self.series
-        for mt in msg_types:
+        n = len(msg_types)
+        if n > 1 and msg_types.count(msg_types[0]) == n:  # one MsgType (the common read): one update
+            kinds: list[bytes] = msg_types[:1]
+        else:
+            kinds, n = msg_types, 1
+        for mt in kinds:
             row = series.get((direction, mt))
             if row is None:
                 row = series[(direction, mt)] = [0.0] * (len(_BUCKETS) + 2)
-            row[i] += 1
-            row[-1] += seconds
+            row[i] += n
+            row[-1] += seconds * n
 
 
 class AnomalyDetector:

@@ -728,6 +728,11 @@ def test_latency_stats_buckets() -> None:
     assert row[m.LATENCY_BUCKETS.index(0.00005)] == 2
     assert row[len(m.LATENCY_BUCKETS)] == 1
     assert sum(row[:-1]) == 3 and math.isclose(row[-1], 2.00006)
+    # a read of several MsgTypes: each message counted under its own
+    stats.observe("outbound", 0.0002, [b"8", b"8", b"9", b"8"])
+    eight, nine = stats.series[("outbound", b"8")], stats.series[("outbound", b"9")]
+    assert sum(eight[:-1]) == 3 and sum(nine[:-1]) == 1
+    assert math.isclose(eight[-1], 0.0006) and math.isclose(nine[-1], 0.0002)
 
 
 def _steady(i: int) -> float:
