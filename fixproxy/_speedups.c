@@ -669,6 +669,14 @@ session_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "session_fast(Message, bytes, bytes, int, frozenset | None, tuple | None)");
         return NULL;
     }
+    if ((allowed != Py_None && !PyAnySet_Check(allowed))
+        || (window != Py_None
+            && (!PyTuple_CheckExact(window) || PyTuple_GET_SIZE(window) != 2
+                || !PyBytes_Check(PyTuple_GET_ITEM(window, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(window, 1))))) {
+        PyErr_SetString(PyExc_TypeError, "session_fast: allowed must be a (frozen)set or None, window "
+                                         "(bytes, bytes) or None");
+        return NULL;
+    }
     PyObject *tags = *(PyObject **)((char *)msg + slot_offset[S_TAGS]);
     PyObject *values = *(PyObject **)((char *)msg + slot_offset[S_VALUES]);
     PyObject *mt = *(PyObject **)((char *)msg + slot_offset[S_MT]);
@@ -719,11 +727,6 @@ session_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (overflow || seq < nx)
         Py_RETURN_NONE;
     if (window != Py_None) {
-        if (!PyTuple_CheckExact(window) || PyTuple_GET_SIZE(window) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(window, 0))
-            || !PyBytes_Check(PyTuple_GET_ITEM(window, 1))) {
-            PyErr_SetString(PyExc_TypeError, "session_fast: window must be (bytes, bytes) or None");
-            return NULL;
-        }
         PyObject *lo = PyTuple_GET_ITEM(window, 0), *hi = PyTuple_GET_ITEM(window, 1), *st = f[F_52];
         if (st == NULL)
             Py_RETURN_NONE;

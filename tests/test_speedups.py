@@ -456,3 +456,17 @@ def test_session_fast_takes_the_common_message() -> None:
     finally:
         session._session_fast = saved
     assert calls[-1] == (2, b"C1", None, None)  # the order: MsgSeqNum 2, ClOrdID, no OrderID, no OrigClOrdID
+
+
+def test_session_fast_refuses_wrong_argument_types() -> None:
+    from fixproxy import session
+
+    real = real_messages(FIX44)
+    msg = Decoder().feed(real["logon"] + real["new_order_single"])[-1]  # split by the C scanner
+    assert msg._tags is not None
+    with pytest.raises(TypeError):
+        session._session_fast(msg, b"OMS1", b"ATS", 1, [b"D"], None)  # a list, not a set
+    with pytest.raises(TypeError):
+        session._session_fast(msg, b"OMS1", b"ATS", 1, None, ("lo", "hi"))  # str bounds
+    with pytest.raises(TypeError):
+        session._session_fast(b"not a message", b"OMS1", b"ATS", 1, None, None)
