@@ -403,8 +403,8 @@ backend be
                 d = info[target] = {"rss_mib_at_end": round(procs.tree_rss_kib(child.pid) / 1024, 1),
                                     "metrics_scrape": self.scrape_metrics(m.metrics_ports[target])}
                 audit_dir = m.workdir / target / "audit"
-                if audit_dir.is_dir():
-                    d["audit_bytes_written"] = sum(f.stat().st_size for f in audit_dir.iterdir() if f.is_file())
+                if audit_dir.is_dir():  # with workers: one trail per worker, in worker-<i>/
+                    d["audit_bytes_written"] = sum(f.stat().st_size for f in audit_dir.rglob("*") if f.is_file())
             code = child.stop()
             if code not in (0, -15):
                 m.errors.append(f"{target} exited with {code}: {child.tail()}")
