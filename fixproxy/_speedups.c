@@ -411,6 +411,16 @@ is_digits(const char *p, Py_ssize_t n)
     return 1;
 }
 
+/* The value of n digits (checked by is_digits; n <= 18 cannot overflow). */
+static long long
+digits_value(const char *p, Py_ssize_t n)
+{
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        v = v * 10 + (p[i] - '0');
+    return v;
+}
+
 /* Python: val.replace(b".", b"", 1).isdigit() or (val[:1] == b"-" and the same on val[1:]) */
 static int
 float_ok(const char *p, Py_ssize_t n)
@@ -464,22 +474,14 @@ two_digits(const char *p, int lo, int hi)
 static int
 timestamp_ok(const char *p, Py_ssize_t n)
 {
-    if (n < 17 || n == 18 || n > 27)
+    if (n < 17 || n == 18 || n > 27 || !is_digits(p, 4))
         return 0;
-    for (int i = 0; i < 4; i++)
-        if (p[i] < '0' || p[i] > '9')
-            return 0;
     if (!two_digits(p + 4, 1, 12) || !two_digits(p + 6, 1, 31) || p[8] != '-' || !two_digits(p + 9, 0, 23)
         || p[11] != ':' || !two_digits(p + 12, 0, 59) || p[14] != ':' || !two_digits(p + 15, 0, 60))
         return 0;
     if (n == 17)
         return 1;
-    if (p[17] != '.')
-        return 0;
-    for (Py_ssize_t i = 18; i < n; i++)
-        if (p[i] < '0' || p[i] > '9')
-            return 0;
-    return 1;
+    return p[17] == '.' && is_digits(p + 18, n - 18); /* n >= 19 here */
 }
 
 /* The truth of a Python check's result (steals it): 1, 0, or -1 with an exception set. */
@@ -606,15 +608,9 @@ fast_field(PyObject *tag)
 {
     const char *s = PyBytes_AS_STRING(tag);
     Py_ssize_t n = PyBytes_GET_SIZE(tag);
-    if (n < 2 || n > 3)
+    if (n < 2 || n > 3 || !is_digits(s, n))
         return -1;
-    int t = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        t = t * 10 + (s[i] - '0');
-    }
-    switch (t) {
+    switch (digits_value(s, n)) {
     case 49: return F_49;
     case 56: return F_56;
     case 34: return F_34;
@@ -712,14 +708,9 @@ session_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     const char *d = PyBytes_AS_STRING(f[F_34]);
     Py_ssize_t dn = PyBytes_GET_SIZE(f[F_34]);
-    if (dn < 1 || dn > 18)
+    if (dn > 18 || !is_digits(d, dn))
         Py_RETURN_NONE;
-    long long seq = 0;
-    for (Py_ssize_t i = 0; i < dn; i++) {
-        if (d[i] < '0' || d[i] > '9')
-            Py_RETURN_NONE;
-        seq = seq * 10 + (d[i] - '0');
-    }
+    long long seq = digits_value(d, dn);
     int overflow = 0;
     long long nx = PyLong_AsLongLongAndOverflow(next, &overflow);
     if (nx == -1 && PyErr_Occurred())
@@ -821,11 +812,8 @@ seq_json(PyObject *seq, char *dst)
     if (PyBytes_CheckExact(seq)) {
         const char *s = PyBytes_AS_STRING(seq);
         Py_ssize_t n = PyBytes_GET_SIZE(seq);
-        if (n == 0)
+        if (!is_digits(s, n))
             goto null;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (s[i] < '0' || s[i] > '9')
-                goto null;
         while (n > 1 && *s == '0') {
             s++;
             n--;
