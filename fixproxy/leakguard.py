@@ -25,8 +25,8 @@ from collections.abc import Callable
 from .metrics import LATENCY_BUCKETS
 from .reasons import Reason, Refusal
 
-_ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
-_ORDER_REPLIES = frozenset({b"8", b"9"})
+ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
+ORDER_REPLIES = frozenset({b"8", b"9"})
 
 Get = Callable[[bytes], "bytes | None"]
 
@@ -72,7 +72,7 @@ class LeakGuard:
             if cl is not None:
                 self.claim(session, cl, now)
             return None
-        if msg_type in _ORDER_ENTRY:
+        if msg_type in ORDER_ENTRY:
             return self.order_entry(session, msg_type, get(b"11"), get(b"37"), get(b"41"), now)
         return None
 
@@ -97,7 +97,7 @@ class LeakGuard:
 
     # ---- outbound: ATS -> OMS -----------------------------------------------------------------
     def outbound(self, session: str, msg_type: bytes, get: Get, now: float) -> Refusal | None:
-        if msg_type not in _ORDER_REPLIES:
+        if msg_type not in ORDER_REPLIES:
             return None
         return self.reply(session, get(b"11"), get(b"37"), now)
 

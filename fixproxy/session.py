@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .codec import DEFAULT_LIMITS, Decoder, FrameError, Limits, Message, _speedups, decode_one, encode, replace_fields
 from .events import Direction, Outcome, SecurityEvent
-from .leakguard import LeakGuard
+from .leakguard import ORDER_ENTRY, ORDER_REPLIES, LeakGuard
 from .policy import ORDER_MSG_TYPES, SESSION_MSG_TYPES, Action, RejectStyle, SessionPolicy, TokenBucket
 from .reasons import Reason, Refusal
 
@@ -39,8 +39,6 @@ _REMEMBER = 10_000
 
 _ADMIN_REJECT_TYPES = frozenset({b"3", b"j"})
 _GUARDED = frozenset({b"D", b"F", b"G", b"H", b"8", b"9"})  # order flow the leak guard inspects
-_ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
-_ORDER_REPLIES = frozenset({b"8", b"9"})
 # The header checks of the common message in C (fixproxy/_speedups.c), else None: Python's path.
 _session_fast = getattr(_speedups, "session_fast", None)
 _CLOSED = Refusal(Reason.FLOOD, "the session was closed")  # _checks: closed, nothing more to do
@@ -388,9 +386,9 @@ class SessionInspector:
                         if mt == b"D":
                             if cl is not None:
                                 guard.claim(name, cl, now)
-                        elif mt in _ORDER_ENTRY:
+                        elif mt in ORDER_ENTRY:
                             refusal = guard.order_entry(name, mt, cl, oid, orig, now)
-                    elif mt in _ORDER_REPLIES:
+                    elif mt in ORDER_REPLIES:
                         refusal = guard.reply(name, cl, oid, now)
             elif idx is not None:
                 if d is INBOUND:

@@ -446,6 +446,17 @@ def small_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _trade_then_fill_the_disk(stack: Stack, session: str, prefix: str, fs: Path) -> tuple[Any, Any, Path]:
+    """Start the stack, fill 5 orders of `session` with the disk still free, then fill the disk:
+    (the running FixProxy, the OMS, the filler file to unlink when space should come back)."""
+    stack.start()
+    assert stack.proxy is not None and stack.proxy.proxy is not None
+    oms = stack.oms[session]
+    assert oms.wait_logged_on(WAIT)
+    wait_filled(oms, send_orders(oms, prefix, 5))
+    return stack.proxy.proxy, oms, _fill(fs)
+
+
 def _fill(path: Path) -> Path:
     filler = path / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -478,13 +489,7 @@ def test_disk_full_refuses_orders_then_recovers(tmp_path: Path) -> None:
         audit_dir = fs / "audit"
         stack = Stack(tmp_path / "w", ["FLT5"], sessions={"FLT5": {}}, extra=_audit_extra(tmp_path, audit_dir))
         try:
-            stack.start()
-            assert stack.proxy is not None and stack.proxy.proxy is not None
-            proxy = stack.proxy.proxy
-            oms = stack.oms["FLT5"]
-            assert oms.wait_logged_on(WAIT)
-            wait_filled(oms, send_orders(oms, "F1-", 5))
-            filler = _fill(fs)
+            proxy, oms, filler = _trade_then_fill_the_disk(stack, "FLT5", "F1-", fs)
             # the next writes fail (ENOSPC): the proxy notices and fails closed
             oms.send_new_order("F2-PROBE", "VOD.L", "1", 100, 10.5)
             assert _wait(lambda: proxy.audit_down, 10), "the proxy did not notice the full disk"
@@ -523,13 +528,7 @@ def test_disk_full_with_write_ahead_forwards_nothing_unaudited(tmp_path: Path) -
         stack = Stack(tmp_path / "w", ["FLT6"], sessions={"FLT6": {}},
                       extra=_audit_extra(tmp_path, audit_dir, write_ahead=True))
         try:
-            stack.start()
-            assert stack.proxy is not None and stack.proxy.proxy is not None
-            proxy = stack.proxy.proxy
-            oms = stack.oms["FLT6"]
-            assert oms.wait_logged_on(WAIT)
-            wait_filled(oms, send_orders(oms, "W1-", 5))
-            filler = _fill(fs)
+            proxy, oms, filler = _trade_then_fill_the_disk(stack, "FLT6", "W1-", fs)
 
             def closed() -> bool:
                 return any(e.reason is Reason.AUDIT_UNAVAILABLE and e.outcome is Outcome.DISCONNECTED

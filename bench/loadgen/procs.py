@@ -154,11 +154,16 @@ def python_env(root: Path) -> dict[str, str]:
     return env
 
 
-def mosquitto_binary() -> str | None:
-    for c in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+def system_binary(name: str) -> str | None:
+    """A Debian package's program: on PATH, or in /usr/sbin (not on a non-root PATH), or None."""
+    for c in (shutil.which(name), f"/usr/sbin/{name}"):
         if c and os.access(c, os.X_OK):
             return c
     return None
+
+
+def mosquitto_binary() -> str | None:
+    return system_binary("mosquitto")
 
 
 def start_mosquitto(workdir: Path) -> tuple[Child, int, Path] | None:
