@@ -18,7 +18,7 @@
  *   session_fast() session.py's header checks (CompIDs, MsgSeqNum, PossDup, MsgType allowed,
  *                  SendingTime) when they pass with nothing else to do; any other case goes to
  *                  the inspector's Python path.
- *   audit_rows()   audit.py's rows of a messages record and the digest of their bytes (only when
+ *   audit_rows()   audit.py's rows of a messages record, with each message's digest (only when
  *                  built against OpenSSL's libcrypto: SHA-256 with the CPU's SHA extensions). The
  *                  common row (forwarded, a plain MsgType, MsgSeqNum as digits) is rendered here;
  *                  any other row by audit.py's own function, passed in.
@@ -838,30 +838,24 @@ seq_json(PyObject *seq, char *dst)
     return 0;
 }
 
-/* audit_rows(items, row, whole) -> (rows_json, whole_hexdigest or None): items are audit.py's
- * (msg_seq_num, msg_type, raw, outcome, reason) tuples, or forwarded Messages; row(item) renders a
- * row this function does not; whole: also the digest of all the messages' bytes, concatenated. */
+/* audit_rows(items, row) -> the rows' JSON text: items are audit.py's (msg_seq_num, msg_type, raw,
+ * outcome, reason) tuples, or forwarded Messages; row(item) renders a row this function does not. */
 static PyObject *
 audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "audit_rows(items: list, row: callable, whole: bool)");
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "audit_rows(items: list, row: callable)");
         return NULL;
     }
     PyObject *items = args[0], *row = args[1];
     if (forwarded_str == NULL && (forwarded_str = PyUnicode_InternFromString("forwarded")) == NULL)
         return NULL;
-    int want_whole = PyObject_IsTrue(args[2]);
-    if (want_whole < 0)
-        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(items);
-    SHA256_CTX whole;
     unsigned char md[SHA256_DIGEST_LENGTH];
     outbuf b = {NULL, 0, 0};
     PyObject *result = NULL;
     if (out_reserve(&b, 2 + n * 112) < 0)
         return NULL;
-    SHA256_Init(&whole);
     b.p[b.len++] = '[';
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
@@ -912,8 +906,6 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE) < 0)
             goto done;
-        if (want_whole)
-            SHA256_Update(&whole, view.buf, (size_t)view.len);
         if (i > 0) {
             if (out_reserve(&b, 1) < 0) {
                 PyBuffer_Release(&view);
@@ -982,14 +974,7 @@ audit_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (out_reserve(&b, 1) < 0)
         goto done;
     b.p[b.len++] = ']';
-    if (want_whole) {
-        SHA256_Final(md, &whole);
-        char whole_hex[2 * SHA256_DIGEST_LENGTH];
-        put_hex(whole_hex, md);
-        result = Py_BuildValue("(s#s#)", b.p, b.len, whole_hex, (Py_ssize_t)sizeof(whole_hex));
-    }
-    else
-        result = Py_BuildValue("(s#O)", b.p, b.len, Py_None);
+    result = PyUnicode_DecodeUTF8(b.p, b.len, NULL);
 done:
     PyMem_Free(b.p);
     return result;
@@ -1003,7 +988,7 @@ static PyMethodDef methods[] = {
     {"set_checks", set_checks, METH_VARARGS, "set_checks(timestamp_fullmatch, is_char, is_boolean, fallback)"},
     {"session_fast", (PyCFunction)(void (*)(void))session_fast, METH_FASTCALL, "the session's header checks"},
 #ifdef FIXPROXY_HAVE_OPENSSL
-    {"audit_rows", (PyCFunction)(void (*)(void))audit_rows, METH_FASTCALL, "audit_rows(items, row, whole) -> (rows, sha256 or None)"},
+    {"audit_rows", (PyCFunction)(void (*)(void))audit_rows, METH_FASTCALL, "audit_rows(items, row) -> the rows' JSON"},
 #endif
     {NULL, NULL, 0, NULL},
 };

@@ -307,13 +307,9 @@ def _row(item: Item) -> str:
             f'{"null" if reason is None else _json_text(reason)},"{hashlib.sha256(raw).hexdigest()}"]')
 
 
-def _rows(items: list[Item], whole: bool) -> tuple[str, str | None]:
-    """The rows of a messages record as one JSON array, and with ``whole`` the SHA-256 of their
-    messages' bytes, concatenated (_speedups.audit_rows does the same in C)."""
-    plain = [_as_tuple(item) for item in items]
-    rows = [_row(item) for item in plain]
-    digest = hashlib.sha256(b"".join(bytes(item[2]) for item in plain)) if whole else None
-    return "[" + ",".join(rows) + "]", None if digest is None else digest.hexdigest()
+def _rows(items: list[Item]) -> str:
+    """The rows of a messages record as one JSON array (_speedups.audit_rows does the same in C)."""
+    return "[" + ",".join(map(_row, items)) + "]"
 
 
 def _seal(rec: dict[str, Any], rows: str | None = None) -> tuple[bytes, str]:
@@ -618,20 +614,16 @@ class AuditTrail:
                 rec = {"seq": seq, "time": t, "kind": kind, "unserialisable": f"{exc}: {fields!r}"[:4096]}
             return rec, None
         seq, t, session, direction, received_at, items, (reads,) = entry
-        # The digest of the bytes, concatenated, only when they are stored (it checks them when
-        # they are read back); each row has its message's own digest either way.
-        store = self.store_messages
-        if _audit_rows is not None:  # the C accelerator (fixproxy/_speedups.c), same text
-            rows_json, whole_hex = _audit_rows(items, _row, store)
-        else:
-            rows_json, whole_hex = _rows(items, store)
+        rows_json = _audit_rows(items, _row) if _audit_rows is not None else _rows(items)  # same text
         rec = {"seq": seq, "time": t, "kind": MESSAGES, "session": session, "direction": direction,
                "received_at": received_at, "count": len(items), "messages": _ROWS_PLACEHOLDER}
         if reads > 1:
             rec["reads"] = reads
-        if store:
-            rec["sha256"] = whole_hex
+        if self.store_messages:
             data = b"".join(bytes(_as_tuple(item)[2]) for item in items)
+            # the digest of the stored bytes checks them when they are read back (each row has its
+            # message's own digest either way)
+            rec["sha256"] = hashlib.sha256(data).hexdigest()
             if self._aead is not None:
                 nonce = os.urandom(12)
                 ct = self._aead.encrypt(nonce, data, str(seq).encode("ascii"))

@@ -238,26 +238,25 @@ def test_audit_rows_same_text_as_python(items: list[tuple]) -> None:
     from fixproxy import audit
 
     assert audit._audit_rows is not None  # built against OpenSSL here, so the suite exercises it
-    for whole in (True, False):
-        assert audit._audit_rows(items, audit._row, whole) == audit._rows(items, whole)
+    assert audit._audit_rows(items, audit._row) == audit._rows(items)
 
 
 def test_audit_rows_errors_are_raised_not_swallowed() -> None:
     from fixproxy import audit
 
     with pytest.raises(TypeError):
-        audit._audit_rows([(1, b"D", b"x", "forwarded")], audit._row, True)  # a 4-tuple
+        audit._audit_rows([(1, b"D", b"x", "forwarded")], audit._row)  # a 4-tuple
     with pytest.raises(TypeError):
-        audit._audit_rows([(1, b"D", "not bytes", "forwarded", None)], audit._row, True)
+        audit._audit_rows([(1, b"D", "not bytes", "forwarded", None)], audit._row)
 
     def boom(item: tuple) -> str:
         raise RuntimeError("row failed")
 
     with pytest.raises(RuntimeError, match="row failed"):
-        audit._audit_rows([(1, b"D", b"x", "refused", "r")], boom, False)
+        audit._audit_rows([(1, b"D", b"x", "refused", "r")], boom)
     # the common row never calls the Python function
-    rows, whole = audit._audit_rows([(b"007", b"D", b"x", "forwarded", None)], boom, True)
-    assert rows.startswith('[[7,"D",1,"forwarded",null,"') and whole == hashlib.sha256(b"x").hexdigest()
+    rows = audit._audit_rows([(b"007", b"D", b"x", "forwarded", None)], boom)
+    assert rows == f'[[7,"D",1,"forwarded",null,"{hashlib.sha256(b"x").hexdigest()}"]]'
 
 
 def test_audit_rows_take_forwarded_messages_as_python_does() -> None:
@@ -272,9 +271,8 @@ def test_audit_rows_take_forwarded_messages_as_python_does() -> None:
     unsplit = [Message(m.raw, m.begin_string, m.msg_type, m.body_start, m.trailer_start) for m in msgs]
     assert all(m._tags is not None for m in msgs) and all(m._tags is None for m in unsplit)
     items = [*msgs, (b"7", b"D", variants[0], "refused", "x"), *unsplit]
-    for whole in (True, False):
-        assert audit._audit_rows(items, audit._row, whole) == audit._rows(items, whole)
-    rows = json.loads(audit._audit_rows(items, audit._row, False)[0])
+    assert audit._audit_rows(items, audit._row) == audit._rows(items)
+    rows = json.loads(audit._audit_rows(items, audit._row))
     assert [r[0] for r in rows] == [2, 2, 77, None, 7, 2, 2, 77, None]
 
 
