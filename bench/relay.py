@@ -28,6 +28,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 HIGH_WATER = 1 << 20
+# One read buffer for every leg (one loop, one thread): each read is copied out in the callback that
+# filled it. A BufferedProtocol because, for a plain Protocol, uvloop's TLS layer allocates 256 KiB
+# per read (twice: the second read finds nothing), which glibc often serves with an mmap, a page
+# fault and a munmap; fixproxy's legs read the same way (fixproxy/proxy.py, _Leg).
+_VIEW = memoryview(bytearray(256 * 1024))
 
 
 def _nodelay(transport: Any) -> None:
@@ -37,7 +42,7 @@ def _nodelay(transport: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _Leg(asyncio.Protocol):
+class _Leg(asyncio.BufferedProtocol):
     def __init__(self) -> None:
         self.transport: Any = None
         self.peer: _Leg | None = None
@@ -46,6 +51,12 @@ class _Leg(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         _nodelay(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_VIEW[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         self.peer.transport.write(data)  # type: ignore[union-attr]

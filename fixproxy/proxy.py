@@ -1,7 +1,7 @@
 """The asyncio layer: sockets, TLS, timers. It moves bytes between the OMS and ATS legs and does
 what the sans-IO `SessionInspector` decides; it makes no FIX decision of its own.
 
-Data path, top to bottom: `OmsLeg.data_received` -> `SessionInspector.from_initiator` ->
+Data path, top to bottom: `OmsLeg.buffer_updated` -> `SessionInspector.from_initiator` ->
 `Link.apply` -> `AtsLeg.transport.write` (and the mirror for the ATS side).
 
 asyncio Protocols (not streams) keep the per-read cost to one callback; TLS is started with
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fixproxy")
 AUDIT_VERIFY_INTERVAL = 300.0  # seconds between full verifications of the running proxy's audit trail
 AUDIT_FLUSH_SECONDS = 0.005  # the audit flusher's period: short flushes keep the latency tail short
+READ_BUFFER_BYTES = 256 * 1024  # the legs' shared read buffer (uvloop's largest TLS read)
 SLOW_READER_SECONDS = 30.0  # a leg whose buffer stays full this long is closed (no HeartBtInt known)
 _SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
                                m.ENCRYPTION_COVERAGE, m.SESSION_UP, m.AUDIT_IN_FLIGHT, m.LATENCY_ANOMALIES,
@@ -226,15 +227,24 @@ class Link:
         self.proxy.forget(self)
 
 
-class _Leg(asyncio.Protocol):
-    """Common to both legs: write batching and backpressure."""
+class _Leg(asyncio.BufferedProtocol):
+    """Common to both legs: reading into the proxy's buffer, write batching and backpressure.
+
+    A BufferedProtocol: the loop reads (and, with TLS, decrypts) straight into the proxy's one read
+    buffer, and the leg copies out what was read. With a plain Protocol, uvloop's TLS layer asks
+    OpenSSL for 256 KiB per read and then once more to find it empty: two 256 KiB allocations per
+    read, an mmap/munmap pair for many of them (see the README, Performance)."""
 
     transport: asyncio.Transport
 
-    def __init__(self) -> None:
+    def __init__(self, view: memoryview) -> None:
+        self.view = view  # the proxy's read buffer: filled and copied out within one loop callback
         self.link: Link | None = None
         self.paused_for: set[str] = set()  # why reading is paused; resumed only when empty
         self.full_since: float | None = None  # perf_counter() since our write buffer toward it is full
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
 
     def write(self, chunks: list[bytes]) -> None:
         self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -281,7 +291,7 @@ class _Leg(asyncio.Protocol):
 
 class OmsLeg(_Leg):
     def __init__(self, link: Link) -> None:
-        super().__init__()
+        super().__init__(link.proxy.read_view)
         self.link = link
         link.oms = self
 
@@ -291,8 +301,8 @@ class OmsLeg(_Leg):
         assert link is not None
         transport.set_write_buffer_limits(high=link.proxy.config.write_buffer_limit)
 
-    def data_received(self, data: bytes) -> None:
-        self.link.from_oms(data)  # type: ignore[union-attr]
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.from_oms(self.view[:nbytes].tobytes())  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         link = self.link
@@ -302,15 +312,15 @@ class OmsLeg(_Leg):
 
 class AtsLeg(_Leg):
     def __init__(self, link: Link) -> None:
-        super().__init__()
+        super().__init__(link.proxy.read_view)
         self.link = link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=self.link.proxy.config.write_buffer_limit)  # type: ignore[union-attr]
 
-    def data_received(self, data: bytes) -> None:
-        self.link.from_ats(data)  # type: ignore[union-attr]
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.from_ats(self.view[:nbytes].tobytes())  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         link = self.link
@@ -332,6 +342,9 @@ class FixProxy:
         self.registry = registry or CollectorRegistry()
         self.recorder = recorder or Recorder(registry=self.registry, jsonl=config.events_jsonl)
         self.links: set[Link] = set()
+        # One read buffer for every leg of this proxy (one event loop): each read is copied out of
+        # it in the callback that filled it. Sized as uvloop's largest TLS read.
+        self.read_view = memoryview(bytearray(READ_BUFFER_BYTES))
         self.by_source: dict[str, int] = defaultdict(int)
         self.guard = SourceGuard(config.auth.bruteforce_threshold, config.auth.block_seconds)
         self.authoriser = Authoriser(config.sessions, config.bindings, require_identity=not config.insecure)

@@ -28,6 +28,7 @@ from . import fix
 from .stats import summarise
 
 _now_ns = time.monotonic_ns
+_VIEW = memoryview(bytearray(256 * 1024))  # every connection's read buffer (one loop, one thread)
 
 
 class CaseStats:
@@ -52,7 +53,10 @@ class CaseStats:
         self.connections = 0
 
 
-class SinkProtocol(asyncio.Protocol):
+class SinkProtocol(asyncio.BufferedProtocol):
+    """Reads into one buffer shared by every connection (one loop), as the relay and fixproxy do:
+    with a plain Protocol uvloop's TLS layer allocates 256 KiB per read, often an mmap/munmap."""
+
     __slots__ = ("buf", "compid", "expected", "seq", "server", "transport")
 
     def __init__(self, server: Sink) -> None:
@@ -70,6 +74,12 @@ class SinkProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.case.connections += 1
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_VIEW[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         now = _now_ns()
