@@ -298,6 +298,18 @@ class Bench:
     def start_mode(self, name: str, targets: list[str], profile: str | None = None) -> Mode:
         tls = name == "tls"
         m = Mode(name, tls, workdir=self.workdir / name)
+        try:
+            self._start_mode(m, targets, profile)
+        except BaseException:
+            # what was started before the failure must not outlive it (a fixproxy left running kept
+            # its audit trail locked for the next step, and every child ran on after the bench)
+            with contextlib.suppress(Exception):
+                self.stop_mode(m)
+            raise
+        return m
+
+    def _start_mode(self, m: Mode, targets: list[str], profile: str | None) -> None:
+        tls = m.tls
         m.workdir.mkdir(parents=True, exist_ok=True)
         m.received = self.mp.RawArray("q", 1)
         parent, child = self.mp.Pipe()
@@ -331,7 +343,6 @@ class Bench:
             if target in targets:
                 self.start_fixproxy(m, target, [(c, {"san_uris": [f"fix://compid/{c}"]}) for c in self.compids],
                                     profile=profile)
-        return m
 
     def start_haproxy(self, m: Mode) -> procs.Child:
         """haproxy in TCP mode, one thread, in front of the mode's sink; with TLS it terminates the

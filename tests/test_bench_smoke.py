@@ -9,6 +9,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +57,26 @@ def test_flood_bench_runs_and_every_legitimate_order_is_filled(tmp_path: Path) -
         assert s["sent"] > 0 and s["filled"] == s["sent"] and s["missing"] == 0, s
         assert s["kpis"] == {"hostile_blocked_ratio": 1.0, "legitimate_delivered_ratio": 1.0}, s
         assert (s["attack"]["attempts"] > 0) == (s["scenario"] != "quiet"), s
+
+
+def test_a_mode_that_fails_to_start_leaves_no_process_behind(tmp_path: Path, monkeypatch: Any) -> None:
+    """start_mode stops what it had started when a later part fails (here haproxy, after the sink,
+    the generator and the relay): none of them may outlive the failed start."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run_bench
+
+    args = run_bench.build_parser().parse_args(["--sessions", "1", "--profile", "none"])
+    bench = run_bench.Bench(args, tmp_path)
+    seen: list[Any] = []
+
+    def haproxy_fails(m: Any) -> None:
+        seen.append(m)
+        assert m.middles["relay"].alive() and m.sink_proc.is_alive() and m.gen_proc.is_alive()
+        raise RuntimeError("haproxy did not start")
+
+    monkeypatch.setattr(bench, "start_haproxy", haproxy_fails)
+    with pytest.raises(RuntimeError, match="haproxy did not start"):
+        bench.start_mode("plain", ["direct", "relay", "haproxy"])
+    (m,) = seen
+    assert not m.middles["relay"].alive()
+    assert not m.sink_proc.is_alive() and not m.gen_proc.is_alive()
