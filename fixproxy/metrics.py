@@ -41,6 +41,7 @@ CONNECTIONS = PREFIX + "connections"  # counter {leg, outcome}
 # -- accountability and response ---------------------------------------------------------------------
 AUDIT_IN_FLIGHT = PREFIX + "audit_in_flight"  # gauge {session, direction}: received - (forwarded+refused+dropped)
 AUDIT_RECORDS = PREFIX + "audit_records"  # counter
+AUDIT_FLUSH = PREFIX + "audit_flush_seconds"  # histogram: event-loop time of each audit flush (reads wait meanwhile)
 AUDIT_SEQUENCE_GAPS = PREFIX + "audit_sequence_gaps"  # counter
 ADMIN_UNLOGGED = PREFIX + "admin_unlogged"  # counter: admin operations whose audit record failed
 TIME_TO_DETECT = PREFIX + "time_to_detect_seconds"  # histogram: offending bytes read -> event recorded

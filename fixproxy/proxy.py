@@ -384,6 +384,8 @@ class FixProxy:
         self.m_admin_refused = Counter(m.ADMIN_REFUSED, "Admin operations refused", ["operation"], registry=r)
         self.m_admin_unlogged = Counter(m.ADMIN_UNLOGGED, "Admin operations whose audit record failed", registry=r)
         self.m_audit_records = Counter(m.AUDIT_RECORDS, "Audit records written", registry=r)
+        self.m_audit_flush = Histogram(m.AUDIT_FLUSH, "Event-loop seconds of each audit flush that wrote records",
+                                       buckets=m.LATENCY_BUCKETS, registry=r)
         self.m_audit_verify_failures = Counter(m.AUDIT_VERIFY_FAILURES, "Audit trail verifications that failed",
                                                registry=r)
         self.m_audit_verifications = Counter(m.AUDIT_VERIFICATIONS, "Audit trail verifications run, by result",
@@ -460,12 +462,15 @@ class FixProxy:
         if audit is None:
             return True
         before = audit.written
+        t0 = perf()
         try:
             audit.flush()
         except Exception as exc:
             if audit.error is None:
                 audit.error = exc
-        self.m_audit_records.inc(max(0, audit.written - before))
+        if audit.written > before:
+            self.m_audit_flush.observe(perf() - t0)
+            self.m_audit_records.inc(audit.written - before)
         down = audit.error is not None
         if down != self._audit_logged_down:
             self._audit_logged_down = down

@@ -114,6 +114,12 @@ def test_events_reach_mqtt_and_audit_trail_verifies(stack: Stack, mosquitto_brok
     rows = [row for r in records if r["kind"] == "messages" for row in r["messages"]]
     assert sum(1 for row in rows if row[1] == "D" and row[3] == "forwarded") >= 10
     assert any(row[1] == "H" and row[3] == "refused" and row[4] == "msgtype_not_allowed" for row in rows)
+    # every flush by the proxy that wrote records was timed (the event loop's time spent on it)
+    reg = proxy.registry
+    flushes = reg.get_sample_value("fixproxy_audit_flush_seconds_count")
+    written = reg.get_sample_value("fixproxy_audit_records_total")
+    assert flushes is not None and written is not None and 1 <= flushes <= written
+    assert reg.get_sample_value("fixproxy_audit_flush_seconds_sum") > 0
 
 
 def test_fail_closed_when_the_audit_trail_cannot_be_written(stack: Stack) -> None:
