@@ -364,6 +364,17 @@ def _file_name(index: int) -> str:
 Item = tuple[int | bytes | None, bytes, bytes, str, str | None] | Message
 
 
+def _slice_end(pending: list[tuple[Any, ...]], max_messages: int) -> int:
+    """How many of the oldest pending records hold at least ``max_messages`` messages (at least 1;
+    a record that is not a messages record counts as one message)."""
+    n = 0
+    for k, entry in enumerate(pending, 1):
+        n += len(entry[5]) if len(entry) == 7 else 1
+        if n >= max_messages:
+            return k
+    return len(pending)
+
+
 class AuditTrail:
     """The writer. ``AuditTrail(...)`` starts a new trail in an empty (or new) directory;
     :meth:`open_or_resume` also continues an existing one (what the proxy uses)."""
@@ -539,10 +550,15 @@ class AuditTrail:
 
     # -- off the FIX path -----------------------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, max_messages: int | None = None) -> None:
         """Serialise the pending records as JSON lines, write them (fsync per policy), and write a
         checkpoint when one is due. On failure the records stay pending, ``error`` is set and
         :class:`AuditError` is raised; the next flush retries.
+
+        ``max_messages``: write only the oldest pending records, whole ones, until they hold at
+        least that many messages (at least one record): a slice of the work, so that a caller on an
+        event loop can let reads in between slices. A checkpoint is only written once nothing is
+        pending.
 
         ``error`` is cleared only by a write that succeeds: a flush with nothing to write proves
         nothing. While it is set and nothing is pending, an ``audit.probe`` record is appended, so
@@ -556,8 +572,14 @@ class AuditTrail:
             if self.error is not None and not self._pending:
                 self.append(PROBE, after=f"{type(self.error).__name__}: {self.error}"[:300])
             if self._pending:
-                batch, self._pending = self._pending, []
-                self._open.clear()  # new reads start new records (a batch put back is not extended)
+                k = len(self._pending) if max_messages is None else _slice_end(self._pending, max_messages)
+                batch, self._pending = self._pending[:k], self._pending[k:]
+                if self._pending:  # records left pending may still take reads; those written may not
+                    for entry in batch:
+                        if len(entry) == 7 and self._open.get((entry[2], entry[3])) is entry:
+                            del self._open[(entry[2], entry[3])]
+                else:
+                    self._open.clear()  # new reads start new records (a batch put back is not extended)
                 before = self._written
                 try:
                     self._write_batch(batch)
@@ -567,7 +589,7 @@ class AuditTrail:
                         self._pending[:0] = batch[done:]
                 if self.fsync == "always":
                     self._durable(self._fd, None)
-            if self._written > self._last_checkpoint and (
+            if not self._pending and self._written > self._last_checkpoint and (
                     self._force_checkpoint or self._written - self._last_checkpoint >= self.checkpoint_every
                     or self._clock() - self._checkpoint_time >= self.checkpoint_seconds):
                 self._checkpoint()

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fixproxy")
 AUDIT_VERIFY_INTERVAL = 300.0  # seconds between full verifications of the running proxy's audit trail
 AUDIT_FLUSH_SECONDS = 0.005  # the audit flusher's period: short flushes keep the latency tail short
+AUDIT_SLICE_MESSAGES = 16  # the flusher writes whole records holding about this many messages, then reads
 READ_BUFFER_BYTES = 256 * 1024  # the legs' shared read buffer (uvloop's largest TLS read)
 SLOW_READER_SECONDS = 30.0  # a leg whose buffer stays full this long is closed (no HeartBtInt known)
 _SNAPSHOT_METRICS = frozenset({m.MESSAGES, m.POISONING_ATTEMPTS, m.UNAUTHENTICATED_ACCESS, m.LEAKAGE_INDEX,
@@ -453,18 +454,25 @@ class FixProxy:
             # Often, so that each flush is short: it runs on the event loop, and every read that
             # arrives meanwhile waits for it (every 50 ms gave a 6-14 ms p99 at 10k msg/s).
             await asyncio.sleep(AUDIT_FLUSH_SECONDS)
-            self.flush_audit()
+            # In slices of whole records, letting the loop read between them: a read that arrives
+            # during a flush waits for one slice, not the whole flush (at 10k msg/s a whole flush
+            # held the loop for 100-250 us every 5 ms, at 50k msg/s for 250 us-1 ms).
+            audit = self.audit
+            while self.flush_audit(AUDIT_SLICE_MESSAGES) and audit is not None and audit.pending:
+                await asyncio.sleep(0)
 
-    def flush_audit(self) -> bool:
-        """Write what is pending in the audit trail and follow its state: when it cannot be written,
-        fail closed (per config) and say so once. True when everything pending is written."""
+    def flush_audit(self, max_messages: int | None = None) -> bool:
+        """Write what is pending in the audit trail (``max_messages``: a slice of it, see
+        `AuditTrail.flush`) and follow its state: when it cannot be written, fail closed (per
+        config) and say so once. True when the trail is writable (without a slice: when everything
+        pending is written)."""
         audit = self.audit
         if audit is None:
             return True
         before = audit.written
         t0 = perf()
         try:
-            audit.flush()
+            audit.flush(max_messages)
         except Exception as exc:
             if audit.error is None:
                 audit.error = exc

@@ -292,7 +292,7 @@ def test_rotation_across_files(tmp_path: Path, keys: dict[str, Path]) -> None:
     st.tuples(st.just("msgs"), st.lists(st.binary(min_size=1, max_size=60), min_size=1, max_size=5)),
     st.tuples(st.just("rec"), st.dictionaries(st.sampled_from(["a", "session", "detail", "n"]),
                                               st.one_of(st.integers(), st.text(max_size=20), st.none()))),
-    st.tuples(st.just("flush"), st.none()),
+    st.tuples(st.just("flush"), st.none() | st.integers(1, 6)),  # an int: a slice (the proxy's flusher)
     st.tuples(st.just("tick"), st.floats(min_value=0, max_value=10)),
 ), max_size=60), every=st.integers(1, 8), max_bytes=st.integers(200, 3000), store=st.booleans(),
        fsync=st.sampled_from(audit_mod.FSYNC_POLICIES), background=st.booleans())
@@ -305,14 +305,14 @@ def test_property_any_sequence_verifies(tmp_path_factory: pytest.TempPathFactory
                    store_messages=store, encryption_key=keys["aes"] if store else None, fsync=fsync,
                    background_sync=background)
     appended: list[int] = []
-    for op, arg in ops:
+    for k, (op, arg) in enumerate(ops):
         if op == "msgs":
-            appended.append(t.append_messages("S", "inbound", clock.t,
+            appended.append(t.append_messages("S" if k % 3 else "T", "inbound", clock.t,
                                               [(i, b"D", raw, "forwarded", None) for i, raw in enumerate(arg)]))
         elif op == "rec":
             appended.append(t.append("event", **arg))
         elif op == "flush":
-            t.flush()
+            t.flush(arg)
         else:
             clock.t += arg
     t.close()
@@ -1269,4 +1269,30 @@ def test_background_sync_keeps_head_current_and_reports_its_failures(tmp_path: P
     assert t.error is not None
     t._write_head = real_head  # type: ignore[method-assign]
     t.close()
+    assert verify(tmp_path, keys["pub"]).ok
+
+
+def test_a_flush_in_slices_writes_whole_records_oldest_first(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """flush(max_messages): the oldest pending records, whole, until they hold that many messages;
+    a session whose record was written starts a new one, one still pending keeps taking reads; no
+    checkpoint while anything is pending; the trail verifies."""
+    t = open_trail(tmp_path, keys, checkpoint_every=1)
+    t.flush()
+    base = t.written
+    a = t.append_messages("A", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)] * 3)
+    b = t.append_messages("B", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)] * 2)
+    c = t.append_messages("C", "inbound", 1.0, [(2, b"D", NOS, "forwarded", None)])
+    t.flush(3)  # A's record alone holds 3
+    assert t.written == base + 1 == a and t.pending == 2
+    assert t.append_messages("A", "inbound", 2.0, [(3, b"D", NOS, "forwarded", None)]) > c  # a new record
+    assert t.append_messages("B", "inbound", 2.0, [(3, b"D", NOS, "forwarded", None)]) == b  # extended
+    t.flush(1)
+    assert t.written == b and t.pending == 2  # B's record, now of 3 messages; no checkpoint yet
+    t.flush(100)
+    assert t.pending == 0 and t.written > base + 4  # C, A's second, then the checkpoint
+    t.close()
+    recs = [r for r in records(tmp_path) if r["seq"] > base]
+    assert [(r["kind"], r.get("session"), r.get("count")) for r in recs[:4]] == [
+        ("messages", "A", 3), ("messages", "B", 3), ("messages", "C", 1), ("messages", "A", 1)]
+    assert recs[4]["kind"] == "checkpoint"
     assert verify(tmp_path, keys["pub"]).ok
