@@ -437,10 +437,23 @@ class Decoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Message | FrameError]:
-        buf = self._buf + data if self._buf else bytes(data)
         out: list[Message | FrameError] = []
+        if self._buf:
+            return self._feed(self._buf + data, 0, out)
+        buf = bytes(data)
+        if _scan is not None:
+            # The common read: whole well-formed messages, every one taken by the C scanner, and
+            # nothing else to set up or to keep.
+            limits = self.limits
+            pos = _scan(buf, 0, self._prefix, self._begin, self._max_size, self._max_digits, limits.max_fields,
+                        limits.max_tag_digits, limits, out)
+            if pos >= len(buf):
+                return out
+            return self._feed(buf, pos, out)
+        return self._feed(buf, 0, out)
+
+    def _feed(self, buf: bytes, pos: int, out: list[Message | FrameError]) -> list[Message | FrameError]:
         append = out.append
-        pos = 0
         n = len(buf)
         max_size = self._max_size
         mv = memoryview(buf)
