@@ -1296,3 +1296,42 @@ def test_a_flush_in_slices_writes_whole_records_oldest_first(tmp_path: Path, key
         ("messages", "A", 3), ("messages", "B", 3), ("messages", "C", 1), ("messages", "A", 1)]
     assert recs[4]["kind"] == "checkpoint"
     assert verify(tmp_path, keys["pub"]).ok
+
+
+def test_the_proxys_sliced_flusher_still_checkpoints_under_steady_load(tmp_path: Path,
+                                                                       keys: dict[str, Path]) -> None:
+    """fixproxy.proxy's flusher writes in slices and lets reads in between; a checkpoint needs
+    nothing pending. Under reads that never stop (four sessions, a read between every two slices)
+    the checkpoints must still come when due, and every record must be written in the end."""
+    import asyncio
+    import types
+
+    from fixproxy.proxy import FixProxy
+
+    t = open_trail(tmp_path, keys, checkpoint_every=10**9, checkpoint_seconds=0.05)
+    slices: list[int | None] = []
+
+    def flush_audit(max_messages: int | None = None) -> bool:
+        slices.append(max_messages)
+        t.flush(max_messages)
+        return True
+
+    stand_in = types.SimpleNamespace(audit=t, flush_audit=flush_audit)
+
+    async def run() -> None:
+        flusher = asyncio.ensure_future(FixProxy._audit_flusher(stand_in))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 0.6
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            for s in range(4):  # between two slices, more than a slice arrives (as at saturation)
+                t.append_messages(f"S{s}", "inbound", 1.0, [(i, b"D", NOS, "forwarded", None)] * 8)
+            await asyncio.sleep(0)
+        flusher.cancel()
+
+    asyncio.run(run())
+    during = sum(r["kind"] == "checkpoint" for r in records(tmp_path))
+    assert during >= 4  # about one per 50 ms over 0.6 s of load; none at all if starved
+    assert 16 in slices  # and it did write in slices
+    t.close()
+    assert t.pending == 0 and verify(tmp_path, keys["pub"]).ok
