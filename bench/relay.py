@@ -28,10 +28,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 HIGH_WATER = 1 << 20
-# One read buffer for every leg (one loop, one thread): each read is copied out in the callback that
-# filled it. A BufferedProtocol because, for a plain Protocol, uvloop's TLS layer allocates 256 KiB
-# per read (twice: the second read finds nothing), which glibc often serves with an mmap, a page
-# fault and a munmap; fixproxy's legs read the same way (fixproxy/proxy.py, _Leg).
+# One read buffer for every TLS leg (one loop, one thread): each read is copied out in the callback
+# that filled it. A BufferedProtocol because, for a plain Protocol, uvloop's TLS layer allocates
+# 256 KiB per read (twice: the second read finds nothing), which glibc often serves with an mmap, a
+# page fault and a munmap; fixproxy's TLS legs read the same way (fixproxy/proxy.py). Plain TCP
+# legs stay Protocols: uvloop reads them into a buffer of its own.
 _VIEW = memoryview(bytearray(256 * 1024))
 
 
@@ -42,7 +43,7 @@ def _nodelay(transport: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _Leg(asyncio.BufferedProtocol):
+class _Leg(asyncio.BaseProtocol):
     def __init__(self) -> None:
         self.transport: Any = None
         self.peer: _Leg | None = None
@@ -51,12 +52,6 @@ class _Leg(asyncio.BufferedProtocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER)
         _nodelay(transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_VIEW[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         self.peer.transport.write(data)  # type: ignore[union-attr]
@@ -99,7 +94,7 @@ class Downstream(_Leg):
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, up = await loop.create_connection(_Leg, *self.upstream, ssl=self.ctx,
+            _, up = await loop.create_connection(Leg if self.ctx is None else TlsLeg, *self.upstream, ssl=self.ctx,
                                                  server_hostname=self.hostname if self.ctx else None)
         except Exception as exc:
             print(f"relay: upstream connect failed: {exc}", file=sys.stderr)
@@ -116,6 +111,32 @@ class Downstream(_Leg):
         self.transport.resume_reading()
 
 
+class Leg(_Leg, asyncio.Protocol):
+    pass
+
+
+class PlainDownstream(Downstream, asyncio.Protocol):
+    pass
+
+
+class _ReadsIntoBuffer(asyncio.BufferedProtocol):
+    """Not an asyncio.Protocol: the TLS layer would read it as one."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_VIEW[:nbytes].tobytes())  # type: ignore[attr-defined]
+
+
+class TlsLeg(_ReadsIntoBuffer, _Leg):
+    pass
+
+
+class TlsDownstream(_ReadsIntoBuffer, Downstream):
+    pass
+
+
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     server_ctx = client_ctx = None
@@ -127,7 +148,8 @@ async def serve(args: argparse.Namespace) -> None:
     host, port = args.listen.rsplit(":", 1)
     uhost, uport = args.upstream.rsplit(":", 1)
     upstream = (uhost, int(uport))
-    server = await loop.create_server(lambda: Downstream(upstream, client_ctx, args.server_hostname),
+    downstream = PlainDownstream if server_ctx is None else TlsDownstream
+    server = await loop.create_server(lambda: downstream(upstream, client_ctx, args.server_hostname),
                                       host, int(port), ssl=server_ctx, backlog=2048)
     print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()

@@ -1,12 +1,14 @@
-"""The proxy's legs read into one buffer shared by every leg of the proxy (fixproxy.proxy._Leg):
-each read must reach the inspector as bytes of its own, copied out before the next read refills
-the buffer. (Every socket test runs through these legs; this pins the copy-out itself.)"""
+"""Over TLS the proxy's legs read into one buffer shared by every TLS leg of the proxy
+(fixproxy.proxy._ReadsIntoBuffer): each read must reach the inspector as bytes of its own, copied
+out before the next read refills the buffer. Plain TCP legs stay plain Protocols (uvloop reads them
+into its own buffer). Every socket test runs through these legs; this pins the copy-out itself."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fixproxy.proxy import AtsLeg, OmsLeg
+from fixproxy.proxy import AtsLeg, OmsLeg, TlsAtsLeg, TlsOmsLeg
 
 
 class _Link:
@@ -24,8 +26,15 @@ class _Link:
 
 def test_reads_are_copied_out_of_the_one_shared_buffer() -> None:
     link = _Link()
-    oms, ats = OmsLeg(link), AtsLeg(link)
+    oms, ats = TlsOmsLeg(link), TlsAtsLeg(link)
     assert link.oms is oms
+    # what the TLS layer (uvloop's, as asyncio's) needs to read into the buffer: a BufferedProtocol
+    # that is not also an asyncio.Protocol (it would be fed data_received instead)
+    for leg in (oms, ats):
+        assert isinstance(leg, asyncio.BufferedProtocol) and not isinstance(leg, asyncio.Protocol)
+    assert not isinstance(OmsLeg(link), asyncio.BufferedProtocol)  # plain TCP: uvloop's own buffer
+    assert not isinstance(AtsLeg(link), asyncio.BufferedProtocol)
+    link.oms = oms
     buf = oms.get_buffer(-1)
     assert buf is ats.get_buffer(4096) is link.proxy.read_view  # one buffer, whatever the hint
     buf[:12] = b"8=FIX.4.4\x019="

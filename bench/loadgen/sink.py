@@ -28,7 +28,7 @@ from . import fix
 from .stats import summarise
 
 _now_ns = time.monotonic_ns
-_VIEW = memoryview(bytearray(256 * 1024))  # every connection's read buffer (one loop, one thread)
+_VIEW = memoryview(bytearray(256 * 1024))  # every TLS connection's read buffer (one loop, one thread)
 
 
 class CaseStats:
@@ -53,9 +53,7 @@ class CaseStats:
         self.connections = 0
 
 
-class SinkProtocol(asyncio.BufferedProtocol):
-    """Reads into one buffer shared by every connection (one loop), as the relay and fixproxy do:
-    with a plain Protocol uvloop's TLS layer allocates 256 KiB per read, often an mmap/munmap."""
+class _SinkBase(asyncio.BaseProtocol):
 
     __slots__ = ("buf", "compid", "expected", "seq", "server", "transport")
 
@@ -74,12 +72,6 @@ class SinkProtocol(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.case.connections += 1
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_VIEW[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         now = _now_ns()
@@ -221,6 +213,26 @@ class Sink:
         }
 
 
+class SinkProtocol(_SinkBase, asyncio.Protocol):
+    """Over plain TCP: uvloop reads into a buffer of its own and hands over bytes."""
+
+    __slots__ = ()
+
+
+class TlsSinkProtocol(_SinkBase, asyncio.BufferedProtocol):
+    """Over TLS, reads into one buffer shared by every connection (one loop), as the relay and
+    fixproxy do: with a plain Protocol uvloop's TLS layer allocates 256 KiB per read, often an
+    mmap/munmap. (Not an asyncio.Protocol: the TLS layer would read it as one.)"""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_VIEW[:nbytes].tobytes())
+
+
 def serve(conn: Any, received: Any, tls: dict[str, str] | None, host: str = "127.0.0.1") -> None:
     """Process entry point: listen, send ``("ready", port)``, then obey the pipe until ``stop``."""
     import uvloop
@@ -233,7 +245,8 @@ def serve(conn: Any, received: Any, tls: dict[str, str] | None, host: str = "127
 
         ctx = tlsmod.server_context(tls["cert"], tls["key"], tls["ca"])  # mutual TLS, as the ATS side
     sink = Sink(received)
-    server = loop.run_until_complete(loop.create_server(lambda: SinkProtocol(sink), host, 0, ssl=ctx,
+    proto = SinkProtocol if ctx is None else TlsSinkProtocol
+    server = loop.run_until_complete(loop.create_server(lambda: proto(sink), host, 0, ssl=ctx,
                                                         backlog=2048))
     port = server.sockets[0].getsockname()[1]
     done = loop.create_future()
