@@ -22,6 +22,7 @@ from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from .codec import _speedups
 from .metrics import LATENCY_BUCKETS
 from .reasons import Reason, Refusal
 
@@ -29,6 +30,16 @@ ORDER_ENTRY = frozenset({b"F", b"G", b"H"})
 ORDER_REPLIES = frozenset({b"8", b"9"})
 
 Get = Callable[[bytes], "bytes | None"]
+
+
+def _tuple_pair(a: str, b: float) -> tuple[str, float]:
+    return (a, b)
+
+
+# (session, time) for the ClOrdID dict: with the C accelerator an untracked tuple, so that the dict
+# of up to a million of them stays out of the garbage collector's full collections (see _speedups.c).
+_pair: Callable[[str, float], tuple[str, float]] = getattr(_speedups, "untracked_pair", None) or _tuple_pair
+_SHARED = "shared"  # the value in LeakGuard._clordids of a ClOrdID several sessions use (not a GC object)
 
 
 class LeakGuard:
@@ -41,10 +52,15 @@ class LeakGuard:
         self.window = window
         self._clock = clock
         # ClOrdID -> (session, time the order was sent) when one session uses it (the common case),
-        # or {session: time} when several do (ClOrdIDs are unique per session only). The time is
+        # or _SHARED when several do (ClOrdIDs are unique per session only; their {session: time}
+        # in _shared). The time is
         # negated once the order's first reply has been seen (the round trip is recorded once; the
         # age is kept for expiry). One plain dict: one lookup and one insert per NewOrderSingle.
-        self._clordids: dict[bytes, tuple[str, float] | dict[str, float]] = {}
+        self._clordids: dict[bytes, tuple[str, float] | str] = {}
+        # ClOrdIDs several sessions use: {session: time} here, and _SHARED in _clordids. Not in
+        # _clordids itself: a dict among its values would make the garbage collector walk all of it
+        # (see _pair).
+        self._shared: dict[bytes, dict[str, float]] = {}
         # The ClOrdIDs in claim order (age order), one entry per claim: the oldest is forgotten
         # first, in O(1). (An OrderedDict did the same with a tuple key per order and a second dict
         # for the owners: twice the inserts. A plain dict's own order would not do: removing its
@@ -113,7 +129,7 @@ class LeakGuard:
             if type(entry) is tuple:
                 sent = entry[1] if entry[0] == session else None
             else:
-                sent = None if entry is None else entry.get(session)
+                sent = None if entry is None else self._shared[cl].get(session)
             if sent is None:
                 if entry is not None:  # another session's ClOrdID, not this one's
                     return self._block(f"ClOrdID {cl.decode('latin-1')} of another session")
@@ -124,9 +140,9 @@ class LeakGuard:
                     self.round_trips[bisect_left(LATENCY_BUCKETS, rt)] += 1
                     self.round_trips[-1] += rt
                     if type(entry) is tuple:
-                        self._clordids[cl] = (session, -sent)
+                        self._clordids[cl] = _pair(session, -sent)
                     else:
-                        entry[session] = -sent  # type: ignore[index]
+                        self._shared[cl][session] = -sent
         if owned and oid is not None and oid != b"NONE" and oid not in self._orderids:
             self._orderids[oid] = (session, now)
             if len(self._orderids) > self.max_orders:
@@ -158,7 +174,7 @@ class LeakGuard:
         claims = self._claims
         while claims:
             entry = self._clordids[claims[0]]
-            t = entry[1] if type(entry) is tuple else min(abs(v) for v in entry.values())  # type: ignore[union-attr]
+            t = entry[1] if type(entry) is tuple else min(abs(v) for v in self._shared[claims[0]].values())
             if abs(t) >= limit:
                 break
             self._forget_oldest()
@@ -174,15 +190,17 @@ class LeakGuard:
         clordids = self._clordids
         entry = clordids.get(cl)
         if entry is None:
-            clordids[cl] = (session, now)
+            clordids[cl] = _pair(session, now)
         elif type(entry) is tuple:
             if entry[0] == session:
                 return
-            clordids[cl] = {entry[0]: entry[1], session: now}
-        elif session in entry:
-            return
+            self._shared[cl] = {entry[0]: entry[1], session: now}
+            clordids[cl] = _SHARED
         else:
-            entry[session] = now  # type: ignore[index]
+            shared = self._shared[cl]
+            if session in shared:
+                return
+            shared[session] = now
         claims = self._claims
         claims.append(cl)
         if len(claims) > self.max_orders:
@@ -192,14 +210,14 @@ class LeakGuard:
         entry = self._clordids.get(cl)
         if type(entry) is tuple:
             return entry[0] == session
-        return entry is not None and session in entry
+        return entry is not None and session in self._shared[cl]
 
     def _used_by_other(self, cl: bytes, session: str) -> bool:
         """Some other session uses ClOrdID `cl`, and `session` does not."""
         entry = self._clordids.get(cl)
         if type(entry) is tuple:
             return entry[0] != session
-        return entry is not None and session not in entry
+        return entry is not None and session not in self._shared[cl]
 
     def _forget_oldest(self) -> None:
         """Forget the oldest claim: the first in _claims (the ClOrdID's oldest session, when several
@@ -209,11 +227,13 @@ class LeakGuard:
         if type(entry) is tuple:
             del self._clordids[cl]
             return
-        oldest = min(entry, key=lambda s: abs(entry[s]))  # type: ignore[index]
-        del entry[oldest]  # type: ignore[attr-defined]
-        if len(entry) == 1:
-            ((session, t),) = entry.items()  # type: ignore[union-attr]
-            self._clordids[cl] = (session, t)
+        shared = self._shared[cl]
+        oldest = min(shared, key=lambda s: abs(shared[s]))
+        del shared[oldest]
+        if len(shared) == 1:
+            ((session, t),) = shared.items()
+            del self._shared[cl]
+            self._clordids[cl] = _pair(session, t)
 
     def _spoofing(self, get: Get, allowed: frozenset[bytes] | None) -> Refusal | None:
         for tag in (b"115", b"128"):
