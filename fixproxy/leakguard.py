@@ -53,9 +53,9 @@ class LeakGuard:
         self._clock = clock
         # ClOrdID -> (session, time the order was sent) when one session uses it (the common case),
         # or _SHARED when several do (ClOrdIDs are unique per session only; their {session: time}
-        # in _shared). The time is
-        # negated once the order's first reply has been seen (the round trip is recorded once; the
-        # age is kept for expiry). One plain dict: one lookup and one insert per NewOrderSingle.
+        # in _shared). The time is negated once the order's first reply has been seen (the round
+        # trip is recorded once; the age is kept for expiry). One plain dict: one lookup and one
+        # insert per NewOrderSingle.
         self._clordids: dict[bytes, tuple[str, float] | str] = {}
         # ClOrdIDs several sessions use: {session: time} here, and _SHARED in _clordids. Not in
         # _clordids itself: a dict among its values would make the garbage collector walk all of it
