@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fixproxy.proxy import ReadsIntoBuffer  # noqa: E402  (after the sys.path line above)
+
 HIGH_WATER = 1 << 20
 # One read buffer for every TLS leg (one loop, one thread): each read is copied out in the callback
 # that filled it. A BufferedProtocol because, for a plain Protocol, uvloop's TLS layer allocates
@@ -119,22 +121,12 @@ class PlainDownstream(Downstream, asyncio.Protocol):
     pass
 
 
-class _ReadsIntoBuffer(asyncio.BufferedProtocol):
-    """Not an asyncio.Protocol: the TLS layer would read it as one."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_VIEW[:nbytes].tobytes())  # type: ignore[attr-defined]
+class TlsLeg(ReadsIntoBuffer, _Leg):
+    view = _VIEW
 
 
-class TlsLeg(_ReadsIntoBuffer, _Leg):
-    pass
-
-
-class TlsDownstream(_ReadsIntoBuffer, Downstream):
-    pass
+class TlsDownstream(ReadsIntoBuffer, Downstream):
+    view = _VIEW
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -230,7 +230,7 @@ class Link:
 
 class _Leg(asyncio.BaseProtocol):
     """Common to both legs: write batching and backpressure. (Each leg is an asyncio.Protocol over
-    plain TCP and a BufferedProtocol over TLS: see _ReadsIntoBuffer.)"""
+    plain TCP and a BufferedProtocol over TLS: see ReadsIntoBuffer.)"""
 
     transport: asyncio.Transport
 
@@ -332,17 +332,18 @@ class AtsLeg(_AtsSide, asyncio.Protocol):
     """The ATS leg over plain TCP."""
 
 
-class _ReadsIntoBuffer(asyncio.BufferedProtocol):
-    """For a leg over TLS: the loop decrypts straight into the proxy's one read buffer and the leg
-    copies out what was read. With a plain Protocol, uvloop's TLS layer asks OpenSSL for 256 KiB per
-    read and then once more to find it empty: two 256 KiB allocations per read, served with an
-    mmap/munmap pair for many of them (see the README, Performance). Not for plain TCP: there
-    uvloop already reads into one buffer of its own, and the Python get_buffer call per read cost
-    ~10 % more CPU per message (measured, plain, 10k msg/s and saturation). A class with
-    asyncio.Protocol among its bases is read as a plain Protocol by the TLS layer (asyncio's and
-    uvloop's alike), so the TLS legs have none."""
+class ReadsIntoBuffer(asyncio.BufferedProtocol):
+    """For a leg over TLS (here, and the bench's relay and sink): the loop decrypts straight into
+    one read buffer and the leg copies out what was read. With a plain Protocol, uvloop's TLS layer
+    asks OpenSSL for 256 KiB per read and then once more to find it empty: two 256 KiB allocations
+    per read, served with an mmap/munmap pair for many of them (see the README, Performance). Not
+    for plain TCP: there uvloop already reads into one buffer of its own, and the Python get_buffer
+    call per read cost ~10 % more CPU per message (measured, plain, 10k msg/s and saturation). A
+    class with asyncio.Protocol among its bases is read as a plain Protocol by the TLS layer
+    (asyncio's and uvloop's alike), so the TLS legs have none."""
 
-    view: memoryview
+    __slots__ = ()
+    view: memoryview  # set by the class or the instance: one buffer per event loop
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
@@ -351,13 +352,13 @@ class _ReadsIntoBuffer(asyncio.BufferedProtocol):
         self.data_received(self.view[:nbytes].tobytes())  # type: ignore[attr-defined]
 
 
-class TlsOmsLeg(_ReadsIntoBuffer, _OmsSide):
+class TlsOmsLeg(ReadsIntoBuffer, _OmsSide):
     def __init__(self, link: Link) -> None:
         _OmsSide.__init__(self, link)
         self.view = link.proxy.read_view  # filled and copied out within one loop callback
 
 
-class TlsAtsLeg(_ReadsIntoBuffer, _AtsSide):
+class TlsAtsLeg(ReadsIntoBuffer, _AtsSide):
     def __init__(self, link: Link) -> None:
         _AtsSide.__init__(self, link)
         self.view = link.proxy.read_view

@@ -24,6 +24,8 @@ import time
 from array import array
 from typing import Any
 
+from fixproxy.proxy import ReadsIntoBuffer
+
 from . import fix
 from .stats import summarise
 
@@ -219,18 +221,12 @@ class SinkProtocol(_SinkBase, asyncio.Protocol):
     __slots__ = ()
 
 
-class TlsSinkProtocol(_SinkBase, asyncio.BufferedProtocol):
+class TlsSinkProtocol(ReadsIntoBuffer, _SinkBase):
     """Over TLS, reads into one buffer shared by every connection (one loop), as the relay and
-    fixproxy do: with a plain Protocol uvloop's TLS layer allocates 256 KiB per read, often an
-    mmap/munmap. (Not an asyncio.Protocol: the TLS layer would read it as one.)"""
+    fixproxy do (fixproxy.proxy.ReadsIntoBuffer)."""
 
     __slots__ = ()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_VIEW[:nbytes].tobytes())
+    view = _VIEW
 
 
 def serve(conn: Any, received: Any, tls: dict[str, str] | None, host: str = "127.0.0.1") -> None:
